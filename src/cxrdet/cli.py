@@ -1,0 +1,38 @@
+"""The `cxrdet` console script: one subcommand per module in cxrdet.commands."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from cxrdet.errors import CxrdetError
+
+# Each module exposes `register(subparsers)`, which adds its parser and sets `run`.
+# Heavy imports (torch, mlflow) happen inside `run`, so `cxrdet --help` stays fast.
+COMMAND_MODULES = [
+    "cxrdet.commands.prepare",
+    "cxrdet.commands.evaluate",
+    "cxrdet.commands.profile",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cxrdet", description=__doc__)
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except CxrdetError as error:
+        print(f"cxrdet {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Reading raw datasets into the canonical tables, caching images, splitting folds."""

@@ -1,0 +1,1 @@
+"""One module per on-disk dataset format, each producing the canonical tables."""
