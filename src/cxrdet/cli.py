@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-from cxrdet.errors import CxrdetError
+from cxrdet.errors import exit_code_of
 
 # Each module exposes `register(subparsers)`, which adds its parser and sets `run`.
 # Heavy imports (torch, mlflow) happen inside `run`, so `cxrdet --help` stays fast.
@@ -27,11 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.run(args) or 0)
-    except CxrdetError as error:
-        print(f"cxrdet {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    return exit_code_of(lambda: args.run(args), f"cxrdet {args.command}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -39,3 +41,12 @@ class AnnotationError(CxrdetError):
         self.problem = problem
         where = f"{self.path}, line {row}" if row is not None else f"{self.path}"
         super().__init__(f"{where}: {problem}")
+
+
+def exit_code_of(main: Callable[[], int | None], program: str) -> int:
+    """Run `main`; bad input becomes one clear line on stderr and exit code 2, no traceback."""
+    try:
+        return int(main() or 0)
+    except CxrdetError as error:
+        print(f"{program}: error: {error}", file=sys.stderr)
+        return 2

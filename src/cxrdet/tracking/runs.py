@@ -1,0 +1,86 @@
+"""One MLflow run per stage, tagged so that MLflow and DVC agree on what was run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from cxrdet.tracking.store import configure, ensure_experiment
+
+GIT_COMMIT_TAG = "mlflow.source.git.commit"  # MLflow's own tag, shown in its UI
+
+
+def git_commit(root: Path) -> tuple[str, bool]:
+    """(commit, dirty) of the working tree; ("unknown", False) outside a git repository."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root, capture_output=True, text=True, check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown", False
+    return commit, bool(status.strip())
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested params -> {"a.b.c": value}, the form MLflow compares across runs."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, prefix=f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+@contextmanager
+def stage_run(
+    stage: str,
+    *,
+    root: Path,
+    experiment: str,
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+    run_name: str | None = None,
+    tracking_uri: str | None = None,
+) -> Iterator[Any]:
+    """Start the MLflow run of one pipeline stage with identity tags and its params."""
+    import mlflow
+
+    configure(root, tracking_uri)
+    experiment_id = ensure_experiment(experiment, root)
+    commit, dirty = git_commit(root)
+    run_tags = {
+        "cxrdet.stage": stage,
+        GIT_COMMIT_TAG: commit,
+        "cxrdet.git_dirty": str(dirty).lower(),
+        **({"cxrdet.dvc_exp": os.environ["DVC_EXP_NAME"]} if "DVC_EXP_NAME" in os.environ else {}),
+        **(tags or {}),
+    }
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=run_name or stage, tags=run_tags
+    ) as run:
+        if params:
+            mlflow.log_params({k: str(v) for k, v in flatten(params).items()})
+        yield run
+
+
+def log_numeric(values: Mapping[str, Any], prefix: str = "", step: int | None = None) -> None:
+    """Log every numeric leaf of a nested mapping as a metric named by its dotted path."""
+    import mlflow
+
+    numeric = {
+        f"{prefix}{key}": float(value)
+        for key, value in flatten(values).items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
+    if numeric:
+        mlflow.log_metrics(numeric, step=step)
