@@ -1,0 +1,112 @@
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxrdet.data.cache import read_cached
+from cxrdet.data.prepare import PrepareOptions, prepare_dataset
+from cxrdet.errors import CxrdetError
+
+
+def options(**overrides) -> PrepareOptions:
+    return PrepareOptions(**({"image_size": 64, "workers": 1, "sample_grid": 4, "progress": False} | overrides))
+
+
+def corrupted_rsna(demo_raw: Path, tmp_path: Path) -> tuple[Path, list[str]]:
+    """A copy of the synthetic RSNA data with one truncated and one non-DICOM image."""
+    raw = tmp_path / "rsna"
+    shutil.copytree(demo_raw / "rsna", raw)
+    files = sorted((raw / "stage_2_train_images").glob("*.dcm"))
+    truncated, not_dicom = files[0], files[1]
+    truncated.write_bytes(truncated.read_bytes()[:400])
+    not_dicom.write_text("this is not a DICOM file")
+    return raw, [truncated.stem, not_dicom.stem]
+
+
+def test_prepare_writes_tables_cache_and_scales(demo_raw, tmp_path):
+    out = tmp_path / "prepared"
+    result = prepare_dataset("rsna", demo_raw / "rsna", out, options())
+    images = pd.read_parquet(out / "images.parquet")
+    boxes = pd.read_parquet(out / "boxes.parquet")
+    assert len(images) == 40 and result.stats["n_rejected"] == 0
+    assert set(boxes["image_id"]) <= set(images["image_id"])
+    for row in images.itertuples():
+        cached = read_cached(out / row.cache_path)
+        assert cached.shape == (64, 64) and cached.dtype == np.uint8
+        assert row.scale_x == pytest.approx(64 / row.width)
+    info = json.loads((out / "dataset.json").read_text())
+    assert info["class_names"] == ["Lung Opacity"] and len(info["data_hash"]) == 16
+    assert (out / "samples.png").stat().st_size > 0
+    assert result.stats["n_boxes"] == len(boxes) > 0
+
+
+def test_prepare_same_input_same_data_hash(demo_raw, tmp_path):
+    first = prepare_dataset("rsna", demo_raw / "rsna", tmp_path / "a", options())
+    second = prepare_dataset("rsna", demo_raw / "rsna", tmp_path / "b", options(workers=2))
+    assert first.info["data_hash"] == second.info["data_hash"]
+
+
+def test_unreadable_images_are_listed_and_skipped(demo_raw, tmp_path):
+    raw, bad_ids = corrupted_rsna(demo_raw, tmp_path)
+    out = tmp_path / "prepared"
+    result = prepare_dataset("rsna", raw, out, options(max_rejected_fraction=0.1))
+    rejected = pd.read_csv(out / "rejected.csv")
+    assert sorted(rejected["image_id"]) == sorted(bad_ids)
+    assert rejected["reason"].str.len().min() > 5
+    assert result.stats["n_images"] == 38
+    assert not set(bad_ids) & set(pd.read_parquet(out / "images.parquet")["image_id"])
+    assert not set(bad_ids) & set(pd.read_parquet(out / "boxes.parquet")["image_id"])
+
+
+def test_too_many_rejections_fail_but_keep_what_was_written(demo_raw, tmp_path):
+    raw, bad_ids = corrupted_rsna(demo_raw, tmp_path)
+    out = tmp_path / "prepared"
+    with pytest.raises(CxrdetError, match=r"2 of 40 images rejected .*max_rejected_fraction=0.01"):
+        prepare_dataset("rsna", raw, out, options(max_rejected_fraction=0.01))
+    assert set(pd.read_csv(out / "rejected.csv")["image_id"]) == set(bad_ids)
+    assert len(list((out / "cache").glob("*.png"))) == 38
+
+
+def test_rerun_resumes_from_the_cache_and_rebuilds_on_new_settings(demo_raw, tmp_path):
+    out = tmp_path / "prepared"
+    prepare_dataset("rsna", demo_raw / "rsna", out, options())
+    cached = sorted((out / "cache").glob("*.png"))
+    cached[0].unlink()  # as if killed before writing this one
+    stamps = {p.name: p.stat().st_mtime_ns for p in cached[1:]}
+    prepare_dataset("rsna", demo_raw / "rsna", out, options())
+    assert cached[0].exists()
+    assert all(p.stat().st_mtime_ns == stamps[p.name] for p in cached[1:])
+    prepare_dataset("rsna", demo_raw / "rsna", out, options(image_size=32))
+    assert read_cached(cached[1]).shape == (32, 32)
+
+
+@pytest.mark.parametrize("fmt", ["vinbigdata", "nih", "folder"])
+def test_every_format_prepares(demo_raw, tmp_path, fmt):
+    result = prepare_dataset(fmt, demo_raw / fmt, tmp_path / fmt, options())
+    assert result.stats["n_images"] > 0 and result.stats["n_rejected"] == 0
+    targets = pd.read_parquet(tmp_path / fmt / "targets.parquet")
+    assert list(targets["image_id"]) == list(result.images["image_id"])
+    if fmt == "nih":
+        assert targets.shape[1] == 16  # image_id + 14 findings + abnormal
+
+
+def test_missing_raw_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(CxrdetError, match="raw data folder not found"):
+        prepare_dataset("rsna", tmp_path / "absent", tmp_path / "out", options())
+
+
+def test_cli_prepare_runs_and_reports(demo_raw, tmp_path):
+    command = [sys.executable, "-m", "cxrdet.cli", "prepare", "--source", "folder",
+               "--raw-dir", str(demo_raw / "folder"), "--out-dir", str(tmp_path / "out"),
+               "--image-size", "48", "--workers", "1"]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    assert "images" in completed.stdout and (tmp_path / "out" / "images.parquet").exists()
+    missing = subprocess.run(command[:6] + [str(tmp_path / "nope")] + command[7:],
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "raw data folder not found" in missing.stderr
