@@ -107,6 +107,6 @@ def test_cli_prepare_runs_and_reports(demo_raw, tmp_path):
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr
     assert "images" in completed.stdout and (tmp_path / "out" / "images.parquet").exists()
-    missing = subprocess.run(command[:6] + [str(tmp_path / "nope")] + command[7:],
+    missing = subprocess.run(command[:7] + [str(tmp_path / "nope")] + command[8:],
                              capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "raw data folder not found" in missing.stderr

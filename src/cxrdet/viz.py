@@ -1,0 +1,137 @@
+"""Drawing boxes on grayscale images and tiling them into one PNG (samples, overlays).
+
+Boxes are a DataFrame in the image's own pixel coordinates with columns x, y, w, h
+(top-left, width, height) and optionally class_id, class_name and score.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw, ImageFont
+
+# Distinct, readable on gray: one colour per class id (cycled past the end).
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+    (220, 190, 255),
+    (170, 110, 40),
+    (255, 250, 200),
+    (128, 0, 0),
+)
+DEFAULT_COLOR = PALETTE[0]
+_TITLE_HEIGHT = 16
+
+
+def class_color(class_id: int) -> tuple[int, int, int]:
+    return PALETTE[int(class_id) % len(PALETTE)]
+
+
+def to_rgb(image: np.ndarray) -> Image.Image:
+    """A uint8 2-D (grayscale) or HxWx3 array as an RGB PIL image."""
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image, got {array.dtype}")
+    if array.ndim == 2:
+        return Image.fromarray(array, mode="L").convert("RGB")
+    if array.ndim == 3 and array.shape[2] == 3:
+        return Image.fromarray(array, mode="RGB")
+    raise ValueError(f"expected a 2-D or HxWx3 image, got shape {array.shape}")
+
+
+def draw_boxes(
+    image: np.ndarray,
+    boxes: pd.DataFrame,
+    color_by_class: bool = True,
+    *,
+    color: tuple[int, int, int] = DEFAULT_COLOR,
+    line_width: int | None = None,
+) -> Image.Image:
+    """The image with each box outlined and labelled by class_name (and score if present)."""
+    canvas = to_rgb(image)
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    width = line_width or max(1, round(min(canvas.size) / 200))
+    for row in boxes.itertuples(index=False):
+        box_color = (
+            class_color(row.class_id) if color_by_class and hasattr(row, "class_id") else color
+        )
+        x0, y0 = float(row.x), float(row.y)
+        draw.rectangle(
+            (x0, y0, x0 + float(row.w), y0 + float(row.h)), outline=box_color, width=width
+        )
+        text = _box_label(row)
+        if text:
+            _draw_label(draw, (x0, y0), text, box_color, font)
+    return canvas
+
+
+def sample_grid(
+    items: list[tuple[np.ndarray, pd.DataFrame, str]],
+    path: Path,
+    columns: int = 4,
+    tile: int = 256,
+) -> Image.Image:
+    """Tile (image, boxes, title) items, each fitted into tile x tile, and save a PNG."""
+    rows = max(1, -(-len(items) // columns))
+    grid = Image.new("RGB", (columns * tile, rows * (tile + _TITLE_HEIGHT)), (0, 0, 0))
+    draw = ImageDraw.Draw(grid)
+    font = ImageFont.load_default()
+    for index, (image, boxes, title) in enumerate(items):
+        left = (index % columns) * tile
+        top = (index // columns) * (tile + _TITLE_HEIGHT)
+        grid.paste(_fit_tile(image, boxes, tile), (left, top + _TITLE_HEIGHT))
+        draw.text((left + 3, top + 2), title, fill=(255, 255, 255), font=font)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    return grid
+
+
+def _fit_tile(image: np.ndarray, boxes: pd.DataFrame, tile: int) -> Image.Image:
+    """Resize to fit the tile (aspect kept), then draw, so line widths match across tiles."""
+    height, width = np.asarray(image).shape[:2]
+    scale = tile / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    resized = np.asarray(to_rgb(image).resize(size, Image.Resampling.BILINEAR))
+    scaled = boxes.copy()
+    scaled[["x", "y", "w", "h"]] = scaled[["x", "y", "w", "h"]].astype(float) * scale
+    drawn = draw_boxes(resized, scaled)
+    framed = Image.new("RGB", (tile, tile), (0, 0, 0))
+    framed.paste(drawn, ((tile - size[0]) // 2, (tile - size[1]) // 2))
+    return framed
+
+
+def _box_label(row: tuple) -> str:
+    name = getattr(row, "class_name", None)
+    text = "" if name is None or pd.isna(name) else str(name)
+    score = getattr(row, "score", None)
+    if score is not None and not pd.isna(score):
+        text = f"{text} {float(score):.2f}".strip()
+    return text
+
+
+def _draw_label(
+    draw: ImageDraw.ImageDraw,
+    corner: tuple[float, float],
+    text: str,
+    color: tuple[int, int, int],
+    font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
+) -> None:
+    """Text on a dark backing just above the box (inside it when at the top edge)."""
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    height = bottom - top + 2
+    x, y = corner[0], corner[1] - height if corner[1] >= height else corner[1]
+    draw.rectangle((x, y, x + right - left + 3, y + height), fill=(0, 0, 0))
+    draw.text((x + 2, y + 1 - top), text, fill=color, font=font)
