@@ -34,8 +34,14 @@ def main() -> None:
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        spec = DemoSpec(seed=1, image_size=source_size, rsna_images=n_images, vinbigdata_images=8,
-                        nih_images=8, folder_images=4)
+        spec = DemoSpec(
+            seed=1,
+            image_size=source_size,
+            rsna_images=n_images,
+            vinbigdata_images=8,
+            nih_images=8,
+            folder_images=4,
+        )
         synthesize(tmp_path / "raw", spec, progress=False)
         raw = tmp_path / "raw" / "rsna"
         baseline = time_prepare(raw, tmp_path / "one", 1, 256)
