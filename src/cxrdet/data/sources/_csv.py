@@ -23,6 +23,7 @@ LINE = "_line"
 # Boxes may overhang the image by this much (rounding in annotation tools); they are clipped.
 EDGE_TOLERANCE_PX = 1.0
 ABNORMAL = "Abnormal"  # the last target column: any finding
+BINARY_LABELS = ["normal", "abnormal"]  # image labels of the formats without image classes
 
 Problem = str | Callable[[pd.Series], str]
 

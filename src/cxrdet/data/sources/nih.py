@@ -23,7 +23,14 @@ import pandas as pd
 
 from cxrdet.data.dicom import parse_age, parse_sex
 from cxrdet.data.images import scan_headers
-from cxrdet.data.sources._csv import ABNORMAL, OnBadRows, RowFilter, read_table, sized_images
+from cxrdet.data.sources._csv import (
+    ABNORMAL,
+    BINARY_LABELS,
+    OnBadRows,
+    RowFilter,
+    read_table,
+    sized_images,
+)
 from cxrdet.data.tables import SourceTables, conform_boxes, conform_images, empty_boxes
 from cxrdet.errors import AnnotationError
 
@@ -48,7 +55,7 @@ FINDINGS = [
 ]
 NO_FINDING = "No Finding"
 TARGET_COLUMNS = [*FINDINGS, ABNORMAL]
-IMAGE_LABELS = ["normal", "abnormal"]
+IMAGE_LABELS = BINARY_LABELS
 ENTRY_COLUMNS = [
     "Image Index",
     "Finding Labels",
@@ -57,7 +64,9 @@ ENTRY_COLUMNS = [
     "Patient Gender",
     "View Position",
 ]
-_BOX_LABEL_SPELLINGS = {"Infiltrate": "Infiltration"}
+# BBox_List spells one finding differently from Data_Entry: finding -> its BBox_List spelling.
+BBOX_SPELLINGS = {"Infiltration": "Infiltrate"}
+_BOX_LABEL_SPELLINGS = {spelled: finding for finding, spelled in BBOX_SPELLINGS.items()}
 
 
 def load(raw_dir: Path, *, on_bad_rows: OnBadRows = "raise") -> SourceTables:

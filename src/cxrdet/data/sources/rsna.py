@@ -24,8 +24,10 @@ from cxrdet.data.tables import SourceTables, conform_boxes, conform_images
 LABELS_FILE = "stage_2_train_labels.csv"
 CLASS_INFO_FILE = "stage_2_detailed_class_info.csv"
 IMAGES_DIR = "stage_2_train_images"
+NORMAL = "Normal"
+NOT_NORMAL = "No Lung Opacity / Not Normal"
 OPACITY = "Lung Opacity"
-IMAGE_LABELS = ["Normal", "No Lung Opacity / Not Normal", OPACITY]
+IMAGE_LABELS = [NORMAL, NOT_NORMAL, OPACITY]
 CLASS_NAMES = [OPACITY]
 BOX_FIELDS = ["x", "y", "width", "height"]
 

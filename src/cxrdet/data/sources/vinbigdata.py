@@ -19,7 +19,14 @@ import pandas as pd
 from ensemble_boxes import weighted_boxes_fusion
 
 from cxrdet.data.images import scan_headers
-from cxrdet.data.sources._csv import OnBadRows, RowFilter, box_targets, read_table, sized_images
+from cxrdet.data.sources._csv import (
+    BINARY_LABELS,
+    OnBadRows,
+    RowFilter,
+    box_targets,
+    read_table,
+    sized_images,
+)
 from cxrdet.data.tables import SourceTables, conform_boxes, conform_images, empty_boxes
 
 TRAIN_FILE = "train.csv"
@@ -42,7 +49,7 @@ CLASS_NAMES = [
 ]
 NO_FINDING_ID = 14
 NO_FINDING = "No finding"
-IMAGE_LABELS = ["normal", "abnormal"]
+IMAGE_LABELS = BINARY_LABELS
 COLUMNS = ["image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max"]
 _OFFICIAL_NAMES = {str(i): name for i, name in enumerate([*CLASS_NAMES, NO_FINDING])}
 

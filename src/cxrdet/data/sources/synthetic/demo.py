@@ -1,0 +1,38 @@
+"""synthesize: every format's writer in turn, then samples.png."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from cxrdet.data.sources.synthetic.folder import write_folder
+from cxrdet.data.sources.synthetic.nih import write_nih
+from cxrdet.data.sources.synthetic.rsna import write_rsna
+from cxrdet.data.sources.synthetic.samples import Sample, write_samples
+from cxrdet.data.sources.synthetic.spec import DemoSpec
+from cxrdet.data.sources.synthetic.vinbigdata import write_vinbigdata
+from cxrdet.data.tables import SourceTables
+
+_WRITERS: dict[str, Callable[[Path, DemoSpec, bool], tuple[SourceTables, Sample]]] = {
+    "rsna": write_rsna,
+    "vinbigdata": write_vinbigdata,
+    "nih": write_nih,
+    "folder": write_folder,
+}
+
+
+def synthesize(out_dir: Path, spec: DemoSpec, *, progress: bool = True) -> dict[str, SourceTables]:
+    """Write the four demo datasets and samples.png under out_dir; return what a correct
+    parser of each format must read back (paths relative to out_dir/<format>)."""
+    out_dir = Path(out_dir)
+    tables: dict[str, SourceTables] = {}
+    samples: list[Sample] = []
+    for name, writer in _WRITERS.items():
+        target = out_dir / name
+        if target.exists():
+            shutil.rmtree(target)  # stale files from a larger spec would be read as data
+        tables[name], sample = writer(target, spec, progress)
+        samples.append(sample)
+    write_samples(out_dir / "samples.png", samples)
+    return tables
