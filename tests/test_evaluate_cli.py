@@ -196,13 +196,14 @@ def test_console_entry_point_exits_2(tmp_path: Path) -> None:
 def test_demo_truth_predicted_exactly_scores_one(
     demo_raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from cxrdet.commands.evaluate import folder_truth, rsna_truth
+    from cxrdet.data.sources.folder import parse_annotations_csv
+    from cxrdet.data.sources.rsna import parse_labels_csv
     from cxrdet.data.sources.vinbigdata import parse_train_csv
     from cxrdet.metrics import vinbigdata_score
     from cxrdet.submission import read_vinbigdata_submission
 
     labels = demo_raw / "rsna" / "stage_2_train_labels.csv"
-    boxes, ids = rsna_truth(labels)
+    boxes, ids = parse_labels_csv(labels)
     sub = write_rsna_submission(
         boxes.assign(score=0.9, class_id=0), tmp_path / "rsna.csv", image_ids=ids
     )
@@ -227,7 +228,7 @@ def test_demo_truth_predicted_exactly_scores_one(
     assert 0.0 <= evaluate_json(capsys, *args)["score"] <= 1.0
 
     annotations = demo_raw / "folder" / "annotations.csv"
-    truth, ids, class_names = folder_truth(annotations)
+    truth, ids, class_names = parse_annotations_csv(annotations)
     assert len(ids) > truth["image_id"].nunique()  # images.csv adds the negatives
     sub = write_folder_submission(
         truth.assign(score=0.7), tmp_path / "folder.csv", class_names, image_ids=ids

@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from cxrdet.metrics import MapResult
 
 FORMATS = ("rsna", "vinbigdata", "folder")
@@ -80,10 +78,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def evaluate_rsna(args: argparse.Namespace) -> dict[str, Any]:
+    from cxrdet.data.sources import rsna
     from cxrdet.metrics import rsna_score
     from cxrdet.submission import read_rsna_submission
 
-    truth, image_ids = rsna_truth(args.truth)
+    truth, image_ids = rsna.parse_labels_csv(args.truth)
     submission = read_rsna_submission(args.submission, truth_ids=image_ids)
     result = rsna_score(truth, submission.predictions, variant=args.variant or "official")
     return {
@@ -121,48 +120,14 @@ def evaluate_vinbigdata(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def evaluate_folder(args: argparse.Namespace) -> dict[str, Any]:
+    from cxrdet.data.sources import folder
     from cxrdet.metrics import mean_average_precision
     from cxrdet.submission import read_folder_submission
 
-    truth, image_ids, class_names = folder_truth(args.truth)
+    truth, image_ids, class_names = folder.parse_annotations_csv(args.truth)
     submission = read_folder_submission(args.submission, class_names, truth_ids=image_ids)
     result = mean_average_precision(truth, submission.predictions, image_ids=image_ids)
     return _map_report("mAP@0.4", result, class_names)
-
-
-def rsna_truth(path: Path) -> tuple[pd.DataFrame, list[str]]:
-    """Boxes (image_id, x, y, w, h) and every patientId of a stage_2_train_labels.csv."""
-    from cxrdet.data.sources import rsna
-    from cxrdet.data.sources._csv import RowFilter, read_table
-
-    rows = RowFilter(path, "raise", [])
-    labels = read_table(path, ["patientId", *rsna.BOX_FIELDS, "Target"])
-    # The rsna source checks the labels file as part of `load` (which also reads the
-    # DICOMs); its row checks are reused here on the bare CSV.
-    labels, boxes = rsna._check_labels(labels, rows)
-    boxes = boxes.rename(columns={"patientId": "image_id"})[["image_id", "x", "y", "w", "h"]]
-    return boxes, labels["patientId"].unique().tolist()
-
-
-def folder_truth(path: Path) -> tuple[pd.DataFrame, list[str], list[str]]:
-    """Boxes (with class_id), image ids (annotations.csv plus images.csv beside it) and
-    class names (sorted box labels, as the folder source numbers them)."""
-    from cxrdet.data.sources import folder
-    from cxrdet.data.sources._csv import RowFilter, read_table
-
-    rows = RowFilter(path, "raise", [])
-    listed = read_table(path, folder.BOX_COLUMNS)["image_id"]
-    image_table = path.parent / folder.IMAGE_TABLE_FILE
-    if image_table.exists():
-        image_rows = RowFilter(image_table, "raise", [])
-        listed = [
-            *listed,
-            *image_rows.require(read_table(image_table, ["image_id"]), ["image_id"])["image_id"],
-        ]
-    image_ids = list(dict.fromkeys(i for i in listed if i))
-    boxes = folder._read_boxes(rows, dict.fromkeys(image_ids, ""))
-    class_names = sorted(boxes["label"].unique())
-    return boxes.assign(class_id=boxes["label"].map(class_names.index)), image_ids, class_names
 
 
 def _map_report(

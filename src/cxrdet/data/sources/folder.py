@@ -70,6 +70,21 @@ def load(raw_dir: Path, *, on_bad_rows: OnBadRows = "raise") -> SourceTables:
     )
 
 
+def parse_annotations_csv(path: Path) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """Boxes (with class_id), image ids (annotations.csv plus images.csv beside it) and class
+    names of a bare annotations.csv, checked as `load` does, without reading images."""
+    path = Path(path)
+    listed = list(read_table(path, BOX_COLUMNS)["image_id"])
+    image_table = path.parent / IMAGE_TABLE_FILE
+    if image_table.exists():
+        image_rows = RowFilter(image_table, "raise", [])
+        listed += list(image_rows.require(read_table(image_table, ["image_id"]), ["image_id"])["image_id"])
+    image_ids = list(dict.fromkeys(i for i in listed if i))
+    boxes = _read_boxes(RowFilter(path, "raise", []), dict.fromkeys(image_ids, ""))
+    class_names = sorted(boxes["label"].unique())
+    return boxes.assign(class_id=boxes["label"].map(class_names.index)), image_ids, class_names
+
+
 def _list_images(images_dir: Path) -> dict[str, str]:
     """image_id -> path relative to raw_dir, sorted by id; repeated ids are an error."""
     if not images_dir.is_dir():

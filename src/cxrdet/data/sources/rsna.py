@@ -62,6 +62,15 @@ def load(raw_dir: Path, *, on_bad_rows: OnBadRows = "raise") -> SourceTables:
     )
 
 
+def parse_labels_csv(path: Path) -> tuple[pd.DataFrame, list[str]]:
+    """Boxes (image_id, x, y, w, h) and every patientId of a bare stage_2_train_labels.csv,
+    with the same row checks as `load`, without reading images (for scoring submissions)."""
+    rows = RowFilter(Path(path), "raise", [])
+    labels, boxes = _check_labels(read_table(rows.path, ["patientId", *BOX_FIELDS, "Target"]), rows)
+    boxes = boxes.rename(columns={"patientId": "image_id"})[["image_id", "x", "y", "w", "h"]]
+    return boxes, labels["patientId"].unique().tolist()
+
+
 def _check_labels(labels: pd.DataFrame, rows: RowFilter) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Valid label rows, and the box rows among them with numeric x, y, w, h."""
     labels = rows.require(labels, ["patientId"])
