@@ -1,0 +1,1 @@
+"""Inference: test-time augmentation views and batched TTA prediction."""

@@ -1,0 +1,1 @@
+"""Models: timm backbones with one input channel, and the image classifier built on them."""
