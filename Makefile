@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed-stamp
 # Stages call `python`: put the venv first on PATH. Telemetry off for every tool.
-RUN := PATH="$(BIN):$$PATH" MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true
+RUN := PATH="$(BIN):$$PATH" MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true NO_ALBUMENTATIONS_UPDATE=1
 
 .PHONY: setup demo test test-fast ui bench clean-venv
 
@@ -36,7 +36,7 @@ ui: setup
 		--default-artifact-root "$(CURDIR)/mlruns/artifacts" --host 127.0.0.1 --port 5000
 
 bench: setup
-	$(RUN) python bench/prepare.py
+	for script in bench/*.py; do $(RUN) python $$script || exit 1; done
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,4 +1,5 @@
-"""DVC stage `pretrain`: a backbone for every backbone of `classifier.variants`.
+"""DVC stage `pretrain`: a backbone for every backbone of `classifier.variants` (and the
+detector's, with detector.weights: pretrain).
 
 pretrain.source nih: train it on data.pretrain (15 sigmoid outputs); file: import a
 weights file (strict key check); imagenet: timm's ImageNet weights (a download).
@@ -29,11 +30,9 @@ def main() -> None:
     root = project_root()
     params = load_params(root / "params.yaml")
     pretrain = params.pretrain
-    # The first variant that names a backbone is the params key its errors point at.
-    keys: dict[str, str] = {}
-    for number, variant in enumerate(params.classifier.variants):
-        keys.setdefault(variant.backbone, f"classifier.variants.{number}.backbone")
-        check_timm_name(variant.backbone, keys[variant.backbone])
+    keys = params.pretrained_backbones()  # errors name the params key of each backbone
+    for backbone, key in keys.items():
+        check_timm_name(backbone, key)
     runtime = start_runtime(params.train)
     main_process = runtime.context.is_main
     prepared = read_prepared(root / "data/prepared/pretrain") if pretrain.source == "nih" else None

@@ -11,7 +11,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("script", ["prepare", "metrics"])
+@pytest.mark.parametrize("script", ["prepare", "metrics", "detector"])
 def test_bench_quick_mode_prints_a_ratio(project_root, script):
     completed = subprocess.run(
         [sys.executable, str(project_root / "bench" / f"{script}.py"), "--quick"],

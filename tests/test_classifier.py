@@ -156,7 +156,7 @@ def test_downloads_need_permission_and_imports_need_a_file_per_backbone(project_
     raw["pretrain"] |= {"source": "file", "weights": {"other": "models/imported/x.pt"}}
     with pytest.raises(
         ConfigError,
-        match=r"pretrain: .*weights has no file for the classifier backbones \['test_resnet'\]",
+        match=r"pretrain\.weights has no file for the backbones \['test_resnet'\]",
     ):
         validate_params(raw)
 

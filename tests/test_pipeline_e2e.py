@@ -1,10 +1,12 @@
 """The demo pipeline end to end: `dvc repro` in a temporary clone of the working tree."""
 
+import json
 import os
 import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -78,3 +80,53 @@ def test_second_repro_is_up_to_date(clone):
     root, env = clone
     status = run(["dvc", "status"], root, env).stdout
     assert "up to date" in status.lower() or status.strip() == "", status
+
+
+def commit_all(root: Path, env: dict, message: str) -> None:
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-q", "--allow-empty", "-m", message], root, env)
+
+
+def test_a_second_checkout_pulls_data_and_weights_and_reproduces_the_metrics(clone, tmp_path):
+    root, env = clone
+    # A weights file the user brings, versioned like the data.
+    weights = root / "models/imported/nih_test_resnet.pt"
+    shutil.copy2(root / "models/pretrained/test_resnet.pt", weights)
+    run(["dvc", "add", str(weights.relative_to(root))], root, env)
+    run(["dvc", "remote", "add", "-d", "local", str(tmp_path / "remote")], root, env)
+    commit_all(root, env, "pipeline results, imported weights, remote")
+    run(["dvc", "push"], root, env)
+
+    second = tmp_path / "second"
+    run(["git", "clone", "-q", str(root), str(second)], tmp_path, env)
+    run(["dvc", "pull"], second, env)
+    for pulled in ("models/imported/nih_test_resnet.pt", "data/split/folds.parquet", "models/detector/fold0/model.pt"):
+        assert (second / pulled).read_bytes() == (root / pulled).read_bytes(), pulled
+    # Same seeds on CPU: retraining on the second checkout gives the first's numbers.
+    run(["dvc", "repro", "--force", "--single-item", "pretrain", "train_detector@0"], second, env)
+    for metrics in ("results/pretrain/metrics.json", "results/detector/folds/fold0/metrics.json"):
+        assert json.loads((second / metrics).read_text()) == json.loads((root / metrics).read_text()), metrics
+
+
+def test_queued_experiments_log_to_the_projects_store_tagged_with_their_names(clone):
+    root, env = clone
+    commit_all(root, env, "baseline for experiments")
+    for seed in (1, 2):
+        run(["dvc", "exp", "run", "--queue", "-S", f"split.seed={seed}", "split"], root, env)
+    run(["dvc", "queue", "start", "-j", "2"], root, env)
+    deadline = time.monotonic() + 900
+    while True:
+        status = run(["dvc", "queue", "status"], root, env).stdout
+        if not any(word in status for word in ("Queued", "Running")):
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(5)
+    assert status.count("Success") == 2, status
+    with sqlite3.connect(root / "mlruns" / "mlflow.db") as db:
+        names = db.execute(
+            "SELECT t.value FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+            "WHERE r.name = 'split' AND t.key = 'cxrdet.dvc_exp'"
+        ).fetchall()
+    shown = run(["dvc", "exp", "show", "--json"], root, env).stdout
+    assert len({name for (name,) in names}) == 2
+    assert all(name in shown for (name,) in names)

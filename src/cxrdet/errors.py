@@ -28,6 +28,15 @@ class DicomReadError(ImageReadError):
     """A DICOM file is not DICOM, is truncated, has no pixel data or is multi-frame."""
 
 
+class OutputWriteError(CxrdetError):
+    """An output cannot be written (disk full, read-only or missing directory); the file
+    it would have replaced is left as it was."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = Path(path)
+        super().__init__(f"{self.path}: cannot write: {reason}")
+
+
 class AnnotationError(CxrdetError):
     """A row of an annotation or submission file is malformed.
 

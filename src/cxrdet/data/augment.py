@@ -7,15 +7,11 @@ view), so results do not depend on worker processes, batch order or resumption.
 
 from __future__ import annotations
 
-import os
 import random
 
+import albumentations as A
 import cv2
 import numpy as np
-
-# albumentations asks PyPI for a newer version on import unless told not to (offline by design).
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-import albumentations as A  # noqa: E402
 
 
 def derive_seed(*keys: int) -> int:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -65,12 +67,55 @@ def stage_run(
         **({"cxrdet.dvc_exp": os.environ["DVC_EXP_NAME"]} if "DVC_EXP_NAME" in os.environ else {}),
         **(tags or {}),
     }
-    with mlflow.start_run(
-        experiment_id=experiment_id, run_name=run_name or stage, tags=run_tags
-    ) as run:
-        if params:
-            mlflow.log_params({k: str(v) for k, v in flatten(params).items()})
-        yield run
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name or stage, tags=run_tags)
+    with _terminated_on_sigterm():
+        try:
+            if params:
+                mlflow.log_params({k: str(v) for k, v in flatten(params).items()})
+            yield run
+        except Terminated as stop:
+            # A killed stage's run must not stay RUNNING in the UI: close it as KILLED.
+            _end_runs(run, "KILLED")
+            raise SystemExit(128 + stop.signum) from None
+        except BaseException:
+            _end_runs(run, "FAILED")
+            raise
+        _end_runs(run, "FINISHED")
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (dvc queue kill, a scheduler, Ctrl-C of a parent): unwinds the stage
+    like KeyboardInterrupt, so its MLflow run and partial files are closed properly."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"terminated by signal {signum}")
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, _frame: object) -> None:
+    raise Terminated(signum)
+
+
+@contextmanager
+def _terminated_on_sigterm() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _end_runs(run: Any, status: str) -> None:
+    """End the stage's run and any nested run still open inside it (e.g. an Optuna trial)."""
+    import mlflow
+
+    while (active := mlflow.active_run()) is not None:
+        mlflow.end_run(status)
+        if active.info.run_id == run.info.run_id:
+            break
 
 
 def log_numeric(values: Mapping[str, Any], prefix: str = "", step: int | None = None) -> None:

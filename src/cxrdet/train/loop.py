@@ -46,7 +46,9 @@ LogFn = Callable[[dict[str, float], int], None]
 
 class Task(Protocol):
     """What a model contributes to the loop. `monitor` names the score (higher is better)
-    that picks the best epoch, drives early stopping and the plateau schedule."""
+    that picks the best epoch, drives early stopping and the plateau schedule. A task may
+    also define `start_epoch(model, epoch)`, called before each training epoch (e.g. to
+    freeze the encoder for the first epochs)."""
 
     monitor: str
 
@@ -156,6 +158,8 @@ def fit(
             pin_memory=device.type == "cuda",
             generator=torch.Generator().manual_seed(derive_seed(optim.seed, epoch)),
         )
+        if hasattr(task, "start_epoch"):
+            task.start_epoch(model, epoch)
         lr = current_lr(optimizer)
         train_loss, data_time = _train_epoch(
             trained,

@@ -1,0 +1,119 @@
+"""DVC stage `train_detector@<fold>`: a RetinaNet trained on the other folds with the tuned
+anchors, validated by the RSNA score every epoch (best checkpoint kept, resumed when
+killed), then its TTA predictions on this fold (out-of-fold) and on the holdout.
+
+Runs as one process or under `torchrun --nproc-per-node=N` (DDP); only rank 0 writes
+files and logs to MLflow. Writes models/detector/fold<k>/model.pt and
+results/detector/folds/fold<k>/{oof,holdout}_{boxes,images}.parquet (the contract is in
+cxrdet.infer.detector_tta) and metrics.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from contextlib import nullcontext
+
+import mlflow
+import pandas as pd
+
+from cxrdet.config import load_params
+from cxrdet.data.datasets import read_prepared
+from cxrdet.data.folds import HOLDOUT
+from cxrdet.errors import ConfigError, CxrdetError, exit_code_of
+from cxrdet.io import write_json, write_parquet
+from cxrdet.models.retinanet import save_detector
+from cxrdet.paths import project_root
+from cxrdet.tracking.runs import log_numeric, stage_run
+from cxrdet.train.detector import (
+    backbone_source,
+    decode_config,
+    detector_data,
+    predict_detector,
+    seeded_detector,
+    train_detector,
+    truth_boxes,
+    view_rsna,
+    weights_identity,
+)
+from cxrdet.train.runtime import start_runtime, stop_runtime
+
+ANCHORS = "results/tuning/anchors.json"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--fold", type=int, required=True, help="one of params.yaml detector.folds")
+    fold = parser.parse_args().fold
+    root = project_root()
+    params = load_params(root / "params.yaml")
+    detector = params.detector
+    if fold not in detector.folds:
+        raise ConfigError(f"detector.folds: fold {fold} is not listed ({detector.folds})")
+    anchors_path = root / ANCHORS
+    if not anchors_path.is_file():
+        raise CxrdetError(f"{anchors_path}: not found; run `dvc repro tune_anchors` first")
+    tuned = json.loads(anchors_path.read_text())
+    prepared = read_prepared(root / "data/prepared/detect")
+    split = pd.read_parquet(root / "data/split/folds.parquet")
+    ids = {
+        "train": split.loc[(split["fold"] != fold) & (split["fold"] != HOLDOUT), "image_id"].tolist(),
+        "oof": split.loc[split["fold"] == fold, "image_id"].tolist(),
+        "holdout": split.loc[split["fold"] == HOLDOUT, "image_id"].tolist(),
+    }
+    stage = f"train_detector@{fold}"
+    checkpoints = root / "models/checkpoints" / stage
+    results = root / "results/detector/folds" / f"fold{fold}"
+    runtime = start_runtime(params.train)
+    main_process = runtime.context.is_main
+    tags = {"cxrdet.dataset": "detect", "cxrdet.data_hash": prepared.info["data_hash"], "cxrdet.fold": str(fold),
+            "cxrdet.model": detector.name}
+    run = stage_run(
+        "train_detector", root=root, experiment=params.tracking.experiment, run_name=stage, tags=tags,
+        params={"detector": detector.model_dump(), "train": params.train.model_dump(), "anchors": tuned,
+                "world_size": runtime.context.world_size},
+        tracking_uri=params.tracking.tracking_uri,
+    ) if main_process else nullcontext()
+    try:
+        with run:
+            data = detector_data(prepared, detector)
+            weights = backbone_source(detector, root / "models/pretrained", params.pretrain.allow_download)
+            model = seeded_detector(detector, data, tuned_anchors=tuned, tuned_key=ANCHORS, weights=weights)
+            result = train_detector(
+                model, detector, data, prepared, ids["train"], ids["oof"], runtime, checkpoints,
+                identity={"fold": fold, "weights": weights_identity(weights)},
+                log=(lambda values, step: log_numeric(values, step=step)) if main_process else None,
+                desc=f"detector fold {fold}",
+            )
+            tables = {part: predict_detector(model, detector, data, prepared, ids[part], runtime, fold) for part in ("oof", "holdout")}
+            if main_process:
+                config = {
+                    "fold": fold, "name": detector.name, "image_size": detector.image_size,
+                    "class_names": data.class_names, "image_class_names": data.image_class_names,
+                    "positive": data.positive, "decode": decode_config(detector).__dict__,
+                    "best_epoch": result.best_epoch, f"best_val_{detector.monitor}": result.best_score,
+                }
+                save_detector(root / "models/detector" / f"fold{fold}" / "model.pt", model, config)
+                for part, (boxes, images) in tables.items():
+                    write_parquet(boxes, results / f"{part}_boxes.parquet")
+                    write_parquet(images, results / f"{part}_images.parquet")
+                oof_score, threshold = view_rsna(truth_boxes(prepared, ids["oof"]), tables["oof"][0])
+                holdout_score, _ = view_rsna(truth_boxes(prepared, ids["holdout"]), tables["holdout"][0], threshold=threshold)
+                metrics = {
+                    "fold": fold, "best_epoch": result.best_epoch, f"best_val_{detector.monitor}": result.best_score,
+                    "oof_rsna_score": oof_score, "oof_rsna_threshold": threshold, "holdout_rsna_score": holdout_score,
+                    "n_oof": len(ids["oof"]), "n_holdout": len(ids["holdout"]),
+                }
+                write_json(metrics, results / "metrics.json")
+                log_numeric(metrics)
+                mlflow.log_artifact(str(results / "metrics.json"))
+                shutil.rmtree(checkpoints, ignore_errors=True)  # only a killed run resumes
+                print(f"fold {fold}: out-of-fold RSNA {oof_score:.4f} (original view, score >= {threshold}), "
+                      f"holdout {holdout_score:.4f} -> {results}")
+    finally:
+        stop_runtime()
+
+
+if __name__ == "__main__":
+    raise SystemExit(exit_code_of(main, "train_detector"))

@@ -1,0 +1,176 @@
+"""Params of the RetinaNet recipe: detector folds and the anchor search."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, PositiveFloat, model_validator
+
+from cxrdet.config.section import Section
+from cxrdet.config.training import OptimParams
+
+
+class AnchorParams(Section):
+    """Anchors per pyramid level: base size x scales x ratios (height / width)."""
+
+    base_size: float = Field(4.0, gt=0.0)  # a level's base size = base_size x its stride (reference: 4: P3 32 px)
+    sizes: list[PositiveFloat] | None = None  # explicit base size per level, finest first; overrides base_size
+    scales: list[PositiveFloat] = Field([1.0, 1.26, 1.587], min_length=1)  # reference: 1, 2^(1/3), 2^(2/3)
+    ratios: list[PositiveFloat] = Field([0.5, 1.0, 2.0], min_length=1)
+
+
+class DetectorLossParams(Section):
+    fg_iou: float = Field(0.5, gt=0.0, le=1.0)  # anchors at or above: positives
+    bg_iou: float = Field(0.4, gt=0.0, le=1.0)  # anchors below: negatives; in between: ignored
+    alpha: float = Field(0.25, ge=0.0, le=1.0)  # focal loss
+    gamma: float = Field(2.0, ge=0.0)
+    smooth_l1_beta: float = Field(1 / 9, ge=0.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DetectorLossParams:
+        if self.bg_iou > self.fg_iou:
+            raise ValueError(f"bg_iou ({self.bg_iou}) must not exceed fg_iou ({self.fg_iou})")
+        return self
+
+
+class BoxAugmentParams(Section):
+    """Training augmentation of the detector (2nd place), boxes following the 8-point rule."""
+
+    enabled: bool = True
+    shift: float = Field(0.0625, ge=0.0, lt=0.5)  # fraction of the side (2nd place: +-32 px at 512)
+    scale_sigma: float = Field(0.15, ge=0.0)  # scale = 2^N(0, this)
+    rotate_sigma: float = Field(6.0, ge=0.0)  # degrees
+    shear_sigma: float = Field(4.0, ge=0.0)  # degrees
+    hflip: float = Field(0.5, ge=0.0, le=1.0)  # probability
+    blur: float = Field(0.1, ge=0.0, le=1.0)  # probability
+    noise: float = Field(0.1, ge=0.0, le=1.0)  # probability
+    gamma: float = Field(0.25, ge=0.0, le=1.0)  # gamma = 2^U(-this, this); 0: off
+
+
+class DecodeParams(Section):
+    """Raw detections kept per image and view (the ensemble stage filters further)."""
+
+    score_floor: float = Field(0.01, ge=0.0, lt=1.0)
+    nms_iou: float = Field(0.5, gt=0.0, le=1.0)
+    top_k: int = Field(20, ge=1)
+    candidates: int = Field(1000, ge=1)
+
+
+class DetectorTtaParams(Section):
+    hflip: bool = True  # the flipped copy of every scale
+    scales: list[PositiveFloat] = Field([0.8, 1.0, 1.2], min_length=1)  # 1.0 is the original view
+    batch_size: int = Field(16, ge=1)
+
+    @model_validator(mode="after")
+    def _has_original(self) -> DetectorTtaParams:
+        if 1.0 not in self.scales:
+            raise ValueError(f"scales must include 1.0, the original view (got {self.scales})")
+        return self
+
+
+class DetectorParams(Section):
+    """RetinaNet fold detectors (DVC stage train_detector@<fold>) and their TTA predictions."""
+
+    name: str = Field("retinanet", pattern=r"^[A-Za-z0-9_.-]+$")  # the `model` column of the predictions
+    folds: list[int] = Field([0, 1, 2, 3], min_length=1)
+    backbone: str = Field("resnet10t", min_length=1)  # any timm name; one input channel; features_only
+    # none: random init; pretrain: models/pretrained/<backbone>.pt of the pretrain stage (the backbone
+    # must be one of classifier.variants'); imagenet: timm's weights (a download: pretrain.allow_download).
+    weights: Literal["none", "pretrain", "imagenet"] = "none"
+    image_size: int = Field(128, ge=32, le=2048)  # a multiple of the largest stride (P7)
+    p2: bool = True  # FPN level P2 (stride 4) for small boxes (2nd place)
+    fpn_channels: int = Field(256, ge=8)
+    head_convs: int = Field(4, ge=0)
+    head_norm: bool = False  # GroupNorm in the heads (torchvision's RetinaNet v2): converges faster
+    cls_dropout: float = Field(0.5, ge=0.0, lt=1.0)  # before the anchor-classification conv (2nd place 0.5-0.75)
+    # The global image head on the last backbone level: label = the image labels (RSNA: 3),
+    # opacity = boxes or not (normal / abnormal), none = no head.
+    global_head: Literal["label", "opacity", "none"] = "label"
+    global_dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    global_weight: float = Field(0.1, ge=0.0)  # 2nd place: 0.1
+    frozen_bn: bool = False  # 2nd place: frozen (needs loaded weights)
+    freeze_encoder_epochs: int = Field(0, ge=0)  # 2nd place: the encoder frozen during epoch 0
+    # The validation score that picks the best epoch and that tune_anchors maximises:
+    # rsna (RSNA score at the best score threshold) | map (VOC mAP at IoU 0.4 over box classes).
+    monitor: Literal["rsna", "map"] = "rsna"
+    anchors: AnchorParams = AnchorParams()
+    loss: DetectorLossParams = DetectorLossParams()
+    augment: BoxAugmentParams = BoxAugmentParams()
+    optim: OptimParams = OptimParams()
+    decode: DecodeParams = DecodeParams()
+    tta: DetectorTtaParams = DetectorTtaParams()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DetectorParams:
+        if self.weights == "none" and (self.frozen_bn or self.freeze_encoder_epochs):
+            raise ValueError("frozen_bn and freeze_encoder_epochs need loaded weights (weights: pretrain or imagenet)")
+        if len(set(self.folds)) != len(self.folds):
+            raise ValueError(f"folds must be unique (got {self.folds})")
+        return self
+
+
+class SearchRange(Section):
+    low: float = Field(gt=0.0)
+    high: float = Field(gt=0.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SearchRange:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
+        return self
+
+
+class CountRange(Section):
+    low: int = Field(ge=1)
+    high: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> CountRange:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
+        return self
+
+
+class AnchorSearchParams(Section):
+    """Optuna's search space: scales = scale_span^(k / count), k < count (span 2: one octave);
+    ratios = ratio_span^t for count values of t evenly in [-1, 1]."""
+
+    base_size: SearchRange = SearchRange(low=1.0, high=8.0)  # log scale
+    scale_count: CountRange = CountRange(low=1, high=3)
+    scale_span: SearchRange = SearchRange(low=1.0, high=2.0)
+    ratio_count: CountRange = CountRange(low=1, high=3)
+    ratio_span: SearchRange = SearchRange(low=1.0, high=3.0)
+
+
+class PrunerParams(Section):
+    name: Literal["median", "hyperband", "none"] = "median"
+    startup_trials: int = Field(2, ge=0)  # median: trials completed before any pruning
+    warmup_epochs: int = Field(1, ge=0)  # median: epochs a trial runs before it can be pruned
+    reduction_factor: int = Field(3, ge=2)  # hyperband
+
+
+class StudyParams(Section):
+    """Where an Optuna study lives: a journal file (one machine, parallel workers) or an RDB URL."""
+
+    # null: a journal file results/tuning/<study>.journal; postgresql://... for many machines.
+    # Never sqlite for parallel workers (PITFALLS).
+    storage: str | None = None
+    seed: int = 0  # TPE sampler seed
+    startup_trials: int = Field(3, ge=0)  # TPE: random trials before it models the results
+
+
+class TuneAnchorsParams(Section):
+    """Stage tune_anchors: anchors by short proxy trainings on one fold, pruned early."""
+
+    enabled: bool = True  # false: train_detector uses detector.anchors as they are
+    trials: int = Field(6, ge=1)
+    fold: int = Field(0, ge=0)  # validation fold of the proxy trainings
+    epochs: int = Field(2, ge=1)  # per proxy training
+    subset: int = Field(0, ge=0)  # training images per proxy training; 0: all of the fold's training images
+    min_bpr: float = Field(0.95, ge=0.0, le=1.0)  # prune before training below this best possible recall
+    # Tuned anchors replace the configured ones (trial 0) only when they score this much more:
+    # short proxy trainings are noisy.
+    min_gain: float = Field(0.01, ge=0.0)
+    search: AnchorSearchParams = AnchorSearchParams()
+    pruner: PrunerParams = PrunerParams()
+    study: StudyParams = StudyParams()

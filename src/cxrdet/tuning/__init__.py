@@ -1,0 +1,1 @@
+"""Optuna tuning: study helpers shared by the tuning stages, and the anchor search."""
