@@ -127,3 +127,11 @@ def test_model_file_round_trip(tmp_path):
     x = images(1)
     with torch.no_grad():
         assert torch.equal(model(x)["cls_logits"], loaded.eval()(x)["cls_logits"])
+
+
+@pytest.mark.parametrize("channels", [16, 32, 64])
+def test_normalised_heads_predict_a_single_image_whose_top_level_is_one_pixel(channels):
+    model = tiny_model(fpn_channels=channels, head_norm=True).eval()
+    with torch.no_grad():
+        outputs = model(images(1))  # P7 of a 128 px image is 1x1: groups need 2+ channels
+    assert torch.isfinite(outputs["cls_logits"]).all()

@@ -48,6 +48,9 @@ from cxrdet.models.files import load_model_file, save_model_file
 DETECTOR_KIND = "retinanet"
 EXTRA_LEVELS = 2  # P6 and P7, each one stride-2 conv above P5
 GROUPS = 32  # GroupNorm groups in the heads (fewer when the channels do not divide)
+# At least 2 channels per group: a single image's 1x1 P7 map (the last, odd-sized batch of a
+# 128 px validation set) would otherwise give groups of one value, which GroupNorm refuses.
+MIN_GROUP_CHANNELS = 2
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,7 @@ class RetinaHead(nn.Module):
     ) -> None:
         super().__init__()
         self.outputs = outputs
-        norm_layer = partial(nn.GroupNorm, math.gcd(GROUPS, channels)) if norm else None
+        norm_layer = partial(nn.GroupNorm, math.gcd(GROUPS, max(1, channels // MIN_GROUP_CHANNELS))) if norm else None
         self.tower = nn.Sequential(*(Conv2dNormActivation(channels, channels, norm_layer=norm_layer) for _ in range(convs)))
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Conv2d(channels, anchors * outputs, kernel_size=3, padding=1)
