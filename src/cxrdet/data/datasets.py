@@ -101,11 +101,32 @@ class CachedImages:
         return image if image.shape == (size, size) else resize_square(image, size)
 
 
-class ClassificationDataset(Dataset):
+class EpochSeededDataset(Dataset):
+    """Cached images read at `size`, augmented (when `augment` is given) with a seed of
+    (seed, epoch, index), so an epoch's samples do not depend on workers or resumption:
+    the training loop calls `set_epoch`."""
+
+    def __init__(self, images: CachedImages, size: int, augment: A.BasicTransform | A.BaseCompose | None, seed: int) -> None:
+        self.images = images
+        self.size = size
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def sample_seed(self, index: int) -> int:
+        return derive_seed(self.seed, self.epoch, index)
+
+
+class ClassificationDataset(EpochSeededDataset):
     """Items {"image": (1, size, size) float, "target": tensor, "index": int}.
 
     `targets[i]` is a class index (single-label) or a 0/1 vector (multi-label).
-    Augmentation, when given, is seeded by (seed, epoch, index): call `set_epoch`.
     """
 
     def __init__(
@@ -118,21 +139,11 @@ class ClassificationDataset(Dataset):
     ) -> None:
         if len(targets) != len(images):
             raise ValueError(f"{len(targets)} targets for {len(images)} images")
-        self.images = images
+        super().__init__(images, size, augment, seed)
         self.targets = torch.tensor(np.asarray(targets))
-        self.size = size
-        self.augment = augment
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.images)
 
     def __getitem__(self, index: int) -> dict:
         image = self.images.read(index, self.size)
         if self.augment is not None:
-            image = apply_seeded(self.augment, image, derive_seed(self.seed, self.epoch, index))
+            image = apply_seeded(self.augment, image, self.sample_seed(index))
         return {"image": normalize(image), "target": self.targets[index], "index": index}

@@ -14,11 +14,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
 
-from cxrdet.data.augment import A, derive_seed
+from cxrdet.data.augment import A
 from cxrdet.data.box_augment import apply_seeded_boxes
-from cxrdet.data.datasets import CachedImages, normalize
+from cxrdet.data.datasets import CachedImages, EpochSeededDataset, normalize
 
 MIN_BOX_SIDE = 1.0  # input pixels: thinner boxes (after augmentation) are dropped
 
@@ -51,13 +50,12 @@ def boxes_to_original(image_ids: Sequence[str], xyxy: np.ndarray, images: pd.Dat
     })
 
 
-class DetectionDataset(Dataset):
+class DetectionDataset(EpochSeededDataset):
     """Items {"image": (1, size, size) float, "boxes": (n, 4) float xyxy input pixels,
     "labels": (n,) int64 box classes, "image_label": int64, "index": int}.
 
     `boxes` is the prepared boxes table (original pixels); `image_labels` one class index
-    per image (the global head's target). Augmentation, when given, is seeded by
-    (seed, epoch, index): call `set_epoch`.
+    per image (the global head's target).
     """
 
     def __init__(
@@ -78,24 +76,14 @@ class DetectionDataset(Dataset):
         per_image = [grouped.get(image_id, empty) for image_id in images.image_ids]
         self.boxes = [rows[["x0", "y0", "x1", "y1"]].to_numpy(np.float32) for rows in per_image]
         self.labels = [rows["class_id"].to_numpy(np.int64) for rows in per_image]
-        self.images = images
+        super().__init__(images, size, augment, seed)
         self.image_labels = torch.tensor(np.asarray(image_labels), dtype=torch.int64)
-        self.size = size
-        self.augment = augment
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.images)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image, boxes, labels = self.images.read(index, self.size), self.boxes[index], self.labels[index]
         if self.augment is not None:
             image, boxes, labels = apply_seeded_boxes(
-                self.augment, image, boxes, labels, derive_seed(self.seed, self.epoch, index)
+                self.augment, image, boxes, labels, self.sample_seed(index)
             )
             wide = ((boxes[:, 2:] - boxes[:, :2]) >= MIN_BOX_SIDE).all(axis=1)
             boxes, labels = boxes[wide], labels[wide]
