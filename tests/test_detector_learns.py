@@ -33,6 +33,7 @@ from cxrdet.train.runtime import start_runtime
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 MARGIN = 0.05  # RSNA score points over the trivial detector
+OVERFIT_EPOCHS = 24
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +93,7 @@ def test_short_training_overfits_a_handful_of_images_and_resumes_when_killed(dem
     detector = params.detector.model_copy(update={
         "weights": "none", "frozen_bn": False, "freeze_encoder_epochs": 0, "cls_dropout": 0.0,
         "augment": params.detector.augment.model_copy(update={"enabled": False}),
-        "optim": params.detector.optim.model_copy(update={"epochs": 12, "lr": 1e-3, "batch_size": 4}),
+        "optim": params.detector.optim.model_copy(update={"epochs": OVERFIT_EPOCHS, "lr": 2e-3, "batch_size": 4}),
     })
     runtime = start_runtime(TrainParams(device="cpu", progress=False, threads=1))
     data = detector_data(prepared, detector)
@@ -116,7 +117,7 @@ def test_short_training_overfits_a_handful_of_images_and_resumes_when_killed(dem
     with pytest.raises(Interrupted):
         train(tmp_path / "killed", stop_after=5)
     resumed, again = train(tmp_path / "killed")
-    assert again.resumed_from == 5 and again.epochs == 12
+    assert again.resumed_from == 5 and again.epochs == OVERFIT_EPOCHS
     assert again.history[-1]["train_loss"] == pytest.approx(losses[-1])
     for (name, ours), theirs in zip(model.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(ours, theirs), name
