@@ -41,7 +41,7 @@ def clone(project_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
     run(["git", "init", "-q"], target, env)
     run(["git", "add", "-A"], target, env)
     run(["git", "commit", "-qm", "snapshot"], target, env)
-    run(["dvc", "repro"], target, env)
+    run(["dvc", "repro"], target, env, timeout=3000)  # ~10 min on 2 idle cores
     return target, env
 
 
@@ -50,7 +50,8 @@ def test_repro_writes_every_stage_output(clone):
     for path in ["data/raw/demo/rsna/stage_2_train_labels.csv", "data/raw/demo/samples.png",
                  "data/prepared/detect/images.parquet", "data/prepared/pretrain/targets.parquet",
                  "data/prepared/detect/samples.png", "data/split/folds.parquet",
-                 "results/split/split.json", "dvc.lock"]:
+                 "results/split/split.json", "results/tuning/ensemble.json", "results/evaluate/metrics.json",
+                 "results/evaluate/submission.csv", "results/evaluate/overlay.png", "dvc.lock"]:
         assert (root / path).exists(), path
     folds = pd.read_parquet(root / "data/split/folds.parquet")
     images = pd.read_parquet(root / "data/prepared/detect/images.parquet")
@@ -80,6 +81,16 @@ def test_second_repro_is_up_to_date(clone):
     root, env = clone
     status = run(["dvc", "status"], root, env).stdout
     assert "up to date" in status.lower() or status.strip() == "", status
+
+
+def test_evaluate_numbers_equal_cxrdet_evaluate_on_its_submission(clone):
+    root, env = clone
+    metrics = json.loads((root / "results/evaluate/metrics.json").read_text())
+    report = json.loads(run([*metrics["evaluate_command"].split(), "--json"], root, env).stdout)
+    assert report["score"] == metrics["rsna_score"]
+    assert metrics["ablation"]["ensemble"]["score"] == metrics["rsna_score"]
+    tuned = json.loads((root / "results/tuning/ensemble.json").read_text())
+    assert tuned["untuned"]["rsna_score"] is None or tuned["rsna_score"] >= tuned["untuned"]["rsna_score"]
 
 
 def commit_all(root: Path, env: dict, message: str) -> None:
