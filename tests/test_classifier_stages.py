@@ -31,6 +31,7 @@ def tiny_params(folds: int, epochs: int, augmentations: int = 1) -> dict:
     params["pretrain"]["image_size"] = 64
     params["pretrain"]["optim"] |= {"epochs": 2, "batch_size": 8}
     params["classifier"] |= {"folds": list(range(folds))}
+    params["detector"] |= {"folds": list(range(folds))}  # every stage's folds must exist in the split
     for variant in params["classifier"]["variants"]:
         variant["image_size"] = 64
     params["classifier"]["optim"] |= {"epochs": epochs, "batch_size": 8}
