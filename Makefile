@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(RUN) dvc repro
+	@start=$$(date +%s); $(RUN) dvc repro && echo && echo "Stage times (from their MLflow runs):" \
+		&& $(RUN) cxrdet stage-times --since $$start && echo "wall time of dvc repro: $$(( $$(date +%s) - start )) s"
 	@echo
 	@echo "Demo pipeline done."
 	@echo "  prepared data and cache: data/prepared/   folds: data/split/"
@@ -35,8 +36,10 @@ ui: setup
 	$(RUN) mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlruns/mlflow.db" \
 		--default-artifact-root "$(CURDIR)/mlruns/artifacts" --host 127.0.0.1 --port 5000
 
+# Every bench/*.py in its own process, one table (ours, baseline, ratio, target, peak RSS).
+# `make bench QUICK=1`: each script's --quick mode (seconds, smoke figures).
 bench: setup
-	for script in bench/*.py; do $(RUN) python $$script || exit 1; done
+	$(RUN) python bench/run_all.py $(if $(QUICK),--quick)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,20 +1,34 @@
-"""Detector speed: our RetinaNet against torchvision's stock RetinaNet, side by side.
+"""Detector speed: our RetinaNet against torchvision's stock RetinaNet, and our two-stage
+detector against torchvision's stock Faster R-CNN, side by side.
 
 Both get the same timm backbone (one input channel), FPN width, 4-conv heads, 9 anchors
 per location, image size, batch and optimizer; the stock model has levels P3-P7 (it has
 no P2). Prints training images/s (ours with P2 on and off), inference images/s without
 TTA and with the 6 default views, and a data-loader-only run (augmentation included)
 that must be several times faster than training, so loading is never the bottleneck.
+The two-stage detector (deformable C5 on and off, no relation module) and the stock Faster
+R-CNN share the timm backbone + FPN body (P3-P6), one anchor size per level x 3 ratios,
+1000 proposals, the 1024-wide two-fc box head and 7x7 RoIAlign; training and inference images/s.
+
+Each RetinaNet training measure runs in a freshly spawned process, which also reports its
+peak RSS (ours and stock side by side). `--modes` adds rows for AMP (the training loop's
+autocast dtype: bf16 where supported, else fp16 with a gradient scaler), channels_last and
+both, for ours and the stock RetinaNet; on CUDA all four modes run by default, on CPU only
+fp32 (the training loop runs fp32 there), unless asked for.
+
+    python bench/detector.py [--quick] [--json OUT] [--device cuda] [--modes fp32 amp ...]
+
 `--quick` is the small run the tests use.
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 import cv2
@@ -23,10 +37,13 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+from torchvision.models.detection import FasterRCNN as StockFasterRCNN
 from torchvision.models.detection import RetinaNet as StockRetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.ops import FeaturePyramidNetwork
+from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+from common import Measured, Report, Row, arguments, emit, in_child
 
 from cxrdet.config import TrainParams
 from cxrdet.data.box_augment import BoxAugmentSettings, detector_augmentation
@@ -43,6 +60,8 @@ from cxrdet.models.retinanet import (
     decode,
     pyramid_levels,
 )
+from cxrdet.models.two_stage import FpnBody, TwoStageConfig, TwoStageDetector
+from cxrdet.train.device import amp_dtype
 
 SCALES, RATIOS = (1.0, 2 ** (1 / 3), 2 ** (2 / 3)), (0.5, 1.0, 2.0)  # 9 anchors, the reference's
 
@@ -106,48 +125,61 @@ def rate(step: Callable[[], None], images: int, iterations: int, device: torch.d
     return images * iterations / (time.perf_counter() - start)
 
 
-def our_step(
-    name: str, width: int, p2: bool, device: torch.device, images: torch.Tensor,
-    boxes: list[torch.Tensor], labels: list[torch.Tensor],
-) -> Callable[[], None]:
-    """One training step of our RetinaNet (loss, backward, Adam)."""
-    torch.manual_seed(0)
-    model = our_model(name, width, p2).to(device).train()
-    criterion = RetinaNetLoss(model.box_coder)
-    optimizer = torch.optim.Adam(model.parameters(), 1e-4)
-
-    def step() -> None:
-        loss, _ = criterion(model(images), boxes, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return step
+def precision(device: torch.device, amp: bool) -> torch.dtype | None:
+    """The training loop's autocast dtype (bf16 where supported, else fp16); on CPU, asked
+    for explicitly, bf16 autocast."""
+    if not amp:
+        return None
+    return amp_dtype(device, True) if device.type == "cuda" else torch.bfloat16
 
 
-def train_rates(name: str, size: int, batch: int, width: int, iterations: int, device: torch.device) -> dict[str, float]:
+def autocasting(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def train_rate(
+    kind: str, name: str, size: int, batch: int, width: int, iterations: int, device_type: str,
+    amp: bool = False, channels_last: bool = False,
+) -> float:
+    """Training images/s (loss, backward, Adam) of one model: `ours_p2` / `ours` (our RetinaNet,
+    P2 on / off) or `stock` (torchvision's RetinaNet), as the training loop runs them: autocast
+    around the loss, a gradient scaler for fp16, NHWC weights and inputs for channels_last."""
+    device = torch.device(device_type)
+    dtype = precision(device, amp)
     images, boxes = synthetic_batch(batch, size)
     labels = [torch.zeros(len(b), dtype=torch.int64, device=device) for b in boxes]
     boxes = [b.to(device) for b in boxes]
-    normalised = ((images - PIXEL_MEAN) / PIXEL_STD).to(device)
-    rates = {
-        f"ours_p2={p2}": rate(our_step(name, width, p2, device, normalised, boxes, labels), batch, iterations, device)
-        for p2 in (True, False)
-    }
     torch.manual_seed(0)
-    stock = stock_model(name, size, width).to(device).train()
-    optimizer = torch.optim.Adam(stock.parameters(), 1e-4)
-    stock_images = list(images.to(device))
-    targets = [{"boxes": b, "labels": lab} for b, lab in zip(boxes, labels)]
+    if kind == "stock":
+        model = stock_model(name, size, width).to(device).train()
+        stock_images = list(images.to(device))
+        targets = [{"boxes": b, "labels": lab} for b, lab in zip(boxes, labels)]
 
-    def baseline() -> None:
-        loss = sum(stock(stock_images, targets).values())
+        def loss_of() -> torch.Tensor:
+            return sum(model(stock_images, targets).values())
+    else:
+        model = our_model(name, width, p2=kind == "ours_p2").to(device).train()
+        criterion = RetinaNetLoss(model.box_coder)
+        normalised = ((images - PIXEL_MEAN) / PIXEL_STD).to(device)
+        if channels_last:
+            normalised = normalised.contiguous(memory_format=torch.channels_last)
+
+        def loss_of() -> torch.Tensor:
+            return criterion(model(normalised), boxes, labels)[0]
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), 1e-4)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    def step() -> None:
+        with autocasting(device, dtype):
+            loss = loss_of()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
 
-    rates["stock"] = rate(baseline, batch, iterations, device)
-    return rates
+    return rate(step, batch, iterations, device)
 
 
 class InMemoryImages:
@@ -164,36 +196,111 @@ class InMemoryImages:
         return self.arrays[index]
 
 
-def inference_rates(name: str, size: int, batch: int, width: int, iterations: int, device: torch.device) -> dict[str, float]:
+def inference_rates(
+    name: str, size: int, batch: int, width: int, iterations: int, device: torch.device,
+    amp: bool = False, channels_last: bool = False, tta: bool = True,
+) -> dict[str, float]:
+    """Inference images/s of our RetinaNet (P2 off, decoding included), the stock one and,
+    with `tta`, ours over the 6 default views (the predict_views path the stages use)."""
+    dtype = precision(device, amp)
     images, _ = synthetic_batch(batch, size)
     normalised = ((images - PIXEL_MEAN) / PIXEL_STD).to(device)
     torch.manual_seed(0)
     model = our_model(name, width, p2=False).to(device).eval()  # the stock model has no P2
     stock = stock_model(name, size, width).to(device).eval()
     stock_images = list(images.to(device))
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        stock.to(memory_format=torch.channels_last)
+        normalised = normalised.contiguous(memory_format=torch.channels_last)
     config = DecodeConfig()
 
     @torch.inference_mode()
     def ours() -> None:
-        decode(model(normalised), model.box_coder, (size, size), config)
+        with autocasting(device, dtype):
+            outputs = model(normalised)
+        decode(outputs, model.box_coder, (size, size), config)
 
     @torch.inference_mode()
     def baseline() -> None:
-        stock(stock_images)
+        with autocasting(device, dtype):
+            stock(stock_images)
 
-    arrays = (images[:, 0].numpy() * 255).astype(np.uint8)
-    views = detection_views(True, [0.8, 1.0, 1.2])
-    runtime = TrainParams(device=device.type, progress=False, channels_last=False)
+    rates = {"ours": rate(ours, batch, iterations, device), "stock": rate(baseline, batch, iterations, device)}
+    if tta:
+        arrays = (images[:, 0].numpy() * 255).astype(np.uint8)
+        views = detection_views(True, [0.8, 1.0, 1.2])
+        runtime = TrainParams(device=device.type, progress=False, amp=amp, channels_last=channels_last)
 
-    def tta() -> None:
-        predict_views(model, InMemoryImages(arrays), size=size, views=views, decode_config=config,
-                      batch_size=batch, device=device, runtime=runtime)
+        def with_views() -> None:
+            predict_views(model, InMemoryImages(arrays), size=size, views=views, decode_config=config,
+                          batch_size=batch, device=device, runtime=runtime)
 
-    return {
-        "ours": rate(ours, batch, iterations, device),
-        "stock": rate(baseline, batch, iterations, device),
-        "ours_tta": rate(tta, batch, max(1, iterations // 2), device),
-    }
+        rates["ours_tta"] = rate(with_views, batch, max(1, iterations // 2), device)
+    return rates
+
+
+PROPOSALS = 1000  # RPN proposals per image, both two-stage models, training and inference
+
+
+def our_two_stage(name: str, width: int, deformable: bool) -> TwoStageDetector:
+    backbone = create_detector_backbone(name)
+    levels, strides = pyramid_levels(backbone.feature_info, p2=False)
+    anchors = anchors_from_base(4, strides[: len(levels) + 1], (1.0,), RATIOS)
+    config = TwoStageConfig(name, 1, anchors, p2=False, fpn_channels=width, deformable=(5,) if deformable else (),
+                            proposals=PROPOSALS)
+    return TwoStageDetector(config, backbone)
+
+
+def stock_two_stage(name: str, size: int, width: int) -> StockFasterRCNN:
+    body = FpnBody(create_detector_backbone(name), p2=False, width=width)
+    sizes = tuple((4 * stride,) for stride in body.strides)
+    return StockFasterRCNN(
+        body, num_classes=2, rpn_anchor_generator=AnchorGenerator(sizes, (RATIOS,) * len(sizes)),
+        box_roi_pool=MultiScaleRoIAlign(body.names, output_size=7, sampling_ratio=2),
+        rpn_pre_nms_top_n_train=PROPOSALS, rpn_pre_nms_top_n_test=PROPOSALS,
+        rpn_post_nms_top_n_train=PROPOSALS, rpn_post_nms_top_n_test=PROPOSALS,
+        min_size=size, max_size=size, image_mean=[PIXEL_MEAN], image_std=[PIXEL_STD],
+    )
+
+
+def two_stage_rates(name: str, size: int, batch: int, width: int, iterations: int, device: torch.device) -> dict[str, float]:
+    """Training and inference images/s of our two-stage detector (deformable on, off) and the stock Faster R-CNN."""
+    images, boxes = synthetic_batch(batch, size)
+    boxes = [b.to(device) for b in boxes]
+    normalised = ((images - PIXEL_MEAN) / PIXEL_STD).to(device)
+    ours_targets = [{"boxes": b, "labels": torch.zeros(len(b), dtype=torch.int64, device=device)} for b in boxes]
+    stock_targets = [{"boxes": b, "labels": torch.ones(len(b), dtype=torch.int64, device=device)} for b in boxes]  # 0: background
+    stock_images = list(images.to(device))
+    rates: dict[str, float] = {}
+    models: dict[str, tuple[nn.Module, Callable[[], Any], Callable[[], Any]]] = {}
+    for deformable in (True, False):
+        torch.manual_seed(0)
+        model = our_two_stage(name, width, deformable).to(device)
+        models[f"ours_deformable={deformable}"] = (
+            model, lambda m=model: m(normalised, ours_targets), lambda m=model: m.detect(normalised, (size, size), DecodeConfig()),
+        )
+    torch.manual_seed(0)
+    stock = stock_two_stage(name, size, width).to(device)
+    models["stock"] = (stock, lambda: stock(stock_images, stock_targets), lambda: stock(stock_images))
+    for key, (model, losses, infer) in models.items():
+        optimizer = torch.optim.Adam(model.parameters(), 1e-4)
+
+        def step(model: nn.Module = model, losses: Callable[[], Any] = losses, optimizer: torch.optim.Optimizer = optimizer) -> None:
+            model.train()
+            loss = sum(losses().values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        @torch.inference_mode()
+        def predict(model: nn.Module = model, infer: Callable[[], Any] = infer) -> None:
+            model.eval()
+            infer()
+
+        rates[f"train_{key}"] = rate(step, batch, iterations, device)
+        rates[f"infer_{key}"] = rate(predict, batch, iterations, device)
+    return rates
 
 
 def loader_rate(size: int, batch: int, iterations: int, workers: int) -> float:
@@ -219,39 +326,77 @@ def loader_rate(size: int, batch: int, iterations: int, workers: int) -> float:
         return seen / (time.perf_counter() - start)
 
 
+MODES = {"fp32": (False, False), "amp": (True, False), "channels_last": (False, True), "amp+channels_last": (True, True)}
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small run for smoke tests")
+    parser = arguments(__doc__)
     parser.add_argument("--backbone", default=None, help="timm name (default resnet18; quick: regnetx_002)")
     parser.add_argument("--size", type=int, default=None, help="image side (default 256; quick: 128)")
     parser.add_argument("--batch", type=int, default=None, help="images per step (default 8; quick: 4)")
-    parser.add_argument("--iterations", type=int, default=None, help="timed steps (default 5; quick: 2)")
+    parser.add_argument("--iterations", type=int, default=None, help="timed steps after one warm-up (default 5; quick: 1)")
     parser.add_argument("--workers", type=int, default=0, help="loader workers (params: train.workers)")
     parser.add_argument("--width", type=int, default=None, help="FPN and head channels (default 256; quick: 64)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when present")
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=None,
+                        help="precision / memory-format rows, ours and stock RetinaNet each (default: all on CUDA, "
+                             "fp32 on CPU; asked for on CPU, amp is bf16 autocast)")
     args = parser.parse_args()
     quick = args.quick
     name = args.backbone or ("regnetx_002" if quick else "resnet18")
     size = args.size or (128 if quick else 256)
     batch = args.batch or (4 if quick else 8)
-    iterations = args.iterations or (2 if quick else 5)
+    iterations = args.iterations or (1 if quick else 5)
     width = args.width or (64 if quick else 256)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    train = train_rates(name, size, batch, width, iterations, device)
-    infer = inference_rates(name, size, batch, width, iterations, device)
-    loader = loader_rate(size, batch, max(iterations, 4), args.workers)
-    print(f"detector: {name}, {size}px, batch {batch}, FPN/head width {width}, {device.type}, "
-          f"{torch.get_num_threads()} CPU threads, loader workers {args.workers}")
-    rows = [
-        ("train img/s, P2 on", train["ours_p2=True"], train["stock"], ">= 0.9"),
-        ("train img/s, P2 off", train["ours_p2=False"], train["stock"], ">= 1.0"),
-        ("infer img/s, P2 off", infer["ours"], infer["stock"], ">= 1.0"),
-        ("infer img/s, 6-view TTA", infer["ours_tta"], infer["ours"], "~0.15"),
-        ("loader img/s", loader, train["ours_p2=True"], ">= 3"),
-    ]
-    print(f"{'measure':<24}{'ours':>10}{'baseline':>10}{'ratio':>8}{'target':>9}")
-    for measure, ours, baseline, target in rows:
-        print(f"{measure:<24}{ours:>10.1f}{baseline:>10.1f}{ours / baseline:>8.2f}{target:>9}")
-    print("baselines: torchvision RetinaNet (P3-P7) for train/infer; ours without TTA for 6 views; our training (P2 on) for the loader")
+    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if cuda else "cpu")
+    notes = []
+    modes = args.modes or (list(MODES) if cuda else ["fp32"])
+    if not cuda and args.modes is None:
+        notes.append("AMP and channels_last rows skipped: no CUDA device (the training loop runs fp32 on CPU); "
+                     "--modes amp channels_last forces them on CPU (bf16 autocast, NHWC)")
+    shape = (name, size, batch, width, iterations, device.type)
+
+    def train(kind: str, mode: str) -> Measured:
+        """A short training of one model in a spawned process: images/s and its peak RSS."""
+        return in_child(train_rate, kind, *shape, *MODES[mode])
+
+    rows: list[Row] = []
+    for mode in modes:
+        amp, channels_last = MODES[mode]
+        suffix = "" if mode == "fp32" else f", {mode}"
+        stock = train("stock", mode)
+        kinds = ["ours_p2", "ours"] if mode == "fp32" else ["ours"]
+        for kind in kinds:
+            ours = train(kind, mode)
+            p2 = "on" if kind == "ours_p2" else "off"
+            rows.append(Row(f"train img/s, P2 {p2}{suffix}", ours.result, stock.result, "img/s",
+                            target=">= 0.9x" if p2 == "on" else ">= 1.0x",
+                            ours_rss_mb=ours.peak_rss_mb, baseline_rss_mb=stock.peak_rss_mb))
+            if kind == "ours_p2":
+                trained = ours.result
+        infer = inference_rates(*shape[:-1], device, amp=amp, channels_last=channels_last, tta=mode == "fp32")
+        rows.append(Row(f"infer img/s, P2 off{suffix}", infer["ours"], infer["stock"], "img/s", target=">= 1.0x"))
+        if mode == "fp32":
+            rows.append(Row("infer img/s, 6-view TTA", infer["ours_tta"], infer["ours"], "img/s", target="~0.15x",
+                            note="baseline: ours without TTA"))
+            loader = loader_rate(size, batch, max(iterations, 4), args.workers)
+            rows.append(Row("loader img/s vs training", loader, trained, "img/s", target=">= 3x",
+                            note=f"the training loader alone (PNG reads, augmentation, collation; {args.workers} "
+                                 "workers) vs our training (P2 on): loading must never be the bottleneck"))
+            two_stage = two_stage_rates(*shape[:-1], device)
+            for phase in ("train", "infer"):
+                for deformable in (True, False):
+                    rows.append(Row(f"2-stage {phase} img/s, DCN {'on' if deformable else 'off'}",
+                                    two_stage[f"{phase}_ours_deformable={deformable}"], two_stage[f"{phase}_stock"],
+                                    "img/s", target=">= 0.7x" if deformable else ">= 0.9x"))
+    notes.append("baselines: torchvision RetinaNet (P3-P7, same backbone, size, batch) for train/infer; torchvision "
+                 "Faster R-CNN (same body, anchors, proposals, head) for 2-stage; training rows each ran in a spawned "
+                 "process (peak RSS ours / stock)")
+    gpu = f" ({torch.cuda.get_device_name(device)})" if cuda else ""
+    emit(Report("detector", f"{name}, {size} px, batch {batch}, FPN/head width {width}, {device.type}{gpu}, "
+                f"{torch.get_num_threads()} CPU threads, loader workers {args.workers}, modes {' '.join(modes)}",
+                rows, notes), args.json)
 
 
 if __name__ == "__main__":

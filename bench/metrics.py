@@ -1,6 +1,6 @@
 """Speed of the vectorised metrics against straightforward per-pair Python versions.
 
-    python bench/metrics.py [--quick]
+    python bench/metrics.py [--quick] [--json OUT]
 
 The baselines below follow the definitions in REFERENCE.md box pair by box pair, the
 way a first implementation would; the bench checks that both give the same score
@@ -10,7 +10,6 @@ reference implementations.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections import defaultdict
@@ -191,16 +190,13 @@ def best_time(fn: Callable[[], float], repeat: int) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1,000 images, one timing each")
+    from common import Report, Row, arguments, emit  # bench/common.py; here, as the tests import this file
+
+    parser = arguments(__doc__.splitlines()[0], "1,000 images, one timing each")
     args = parser.parse_args(argv)
     n_images = 1000 if args.quick else 3000
     repeat = 1 if args.quick else 3
     truth, predictions = synthetic(n_images)
-    print(
-        f"{n_images} images, {len(truth)} truth boxes, {len(predictions)} predictions "
-        f"(best of {repeat})"
-    )
     # (measure, ours, baseline, target ratio or None when the row is for information)
     cases = [
         (
@@ -222,21 +218,19 @@ def main(argv: list[str] | None = None) -> int:
             None,
         ),
     ]
-    print(f"{'measure':<24}{'ours':>9}{'baseline':>10}{'ratio':>8}{'target':>8}{'score':>9}")
+    rows = []
     for name, ours, baseline, target in cases:
         ours_s, ours_score = best_time(ours, repeat)
         base_s, base_score = best_time(baseline, repeat)
         if not np.isclose(ours_score, base_score, rtol=0, atol=1e-9):
-            print(f"{name}: scores differ: ours {ours_score!r}, baseline {base_score!r}")
+            print(f"{name}: scores differ: ours {ours_score!r}, baseline {base_score!r}", file=sys.stderr)
             return 1
-        ratio = base_s / ours_s
         # Timings vary with the machine's load: a missed target is reported, not fatal.
-        missed = "  below target" if target and ratio < target else ""
-        shown = f">={target:g}x" if target else "-"
-        print(
-            f"{name:<24}{ours_s:>8.3f}s{base_s:>9.3f}s{ratio:>7.1f}x{shown:>8}"
-            f"{ours_score:>9.4f}{missed}"
-        )
+        rows.append(Row.speedup(name, ours_s, base_s, target=f">= {target:g}x" if target else "",
+                                note=f"score {ours_score:.4f} (both)"))
+    emit(Report("metrics", f"{n_images} images, {len(truth)} truth boxes, {len(predictions)} predictions, best of "
+                f"{repeat}; baseline: the per-pair Python loops above (same score checked); ratio = baseline / ours",
+                rows), args.json)
     return 0
 
 

@@ -1,6 +1,7 @@
 """DVC stage `detector_report`: every fold detector's predictions together.
 
-Writes results/detector/metrics.json: oof_rsna_score (the original view of all folds'
+Writes results/detector/metrics.json for the first family of `detector.families` (each
+family's own under `models` when there are several): oof_rsna_score (the original view of all folds'
 out-of-fold predictions, at the score threshold best over all of them), each fold's
 out-of-fold and holdout scores at that threshold, holdout_rsna_score (their mean over
 fold models), each view's out-of-fold score, and the trivial baseline's scores (the
@@ -20,7 +21,7 @@ from cxrdet.errors import CxrdetError, exit_code_of
 from cxrdet.io import write_json
 from cxrdet.paths import project_root
 from cxrdet.tracking.runs import log_numeric, stage_run
-from cxrdet.train.detector import draw_overlay, folds_report
+from cxrdet.train.detector import draw_overlay, family_settings, folds_report
 
 
 def main() -> None:
@@ -35,17 +36,27 @@ def main() -> None:
     split = pd.read_parquet(root / "data/split/folds.parquet")
     boxes = {part: {k: pd.read_parquet(folds_dir / f"fold{k}" / f"{part}_boxes.parquet") for k in folds}
              for part in ("oof", "holdout")}
-    report = folds_report(prepared, split, boxes["oof"], boxes["holdout"])
+    # One report per detector family (the `model` column); the first family's is the headline.
+    names = [family_settings(params.detector, family).name for family in params.detector.families]
+    reports = {
+        name: folds_report(prepared, split, *({k: table[table["model"] == name] for k, table in boxes[part].items()}
+                                              for part in ("oof", "holdout")))
+        for name in names
+    }
+    report = reports[names[0]]
+    if len(names) > 1:
+        report.metrics["models"] = {name: dict(other.metrics) for name, other in reports.items()}
     out = root / "results/detector"
     with stage_run(
         "detector_report", root=root, experiment=params.tracking.experiment,
         tags={"cxrdet.dataset": "detect", "cxrdet.data_hash": prepared.info["data_hash"], "cxrdet.model": params.detector.name},
-        params={"detector.folds": folds}, tracking_uri=params.tracking.tracking_uri,
+        params={"detector.folds": folds, "detector.families": names}, tracking_uri=params.tracking.tracking_uri,
     ):
         write_json(report.metrics, out / "metrics.json")
         draw_overlay(
-            prepared, split.loc[split["fold"] == HOLDOUT, "image_id"].tolist(), boxes["holdout"][report.best_fold],
-            report.threshold, out / "holdout.png", f"fold{report.best_fold} model",
+            prepared, split.loc[split["fold"] == HOLDOUT, "image_id"].tolist(),
+            boxes["holdout"][report.best_fold].query("model == @names[0]"),
+            report.threshold, out / "holdout.png", f"fold{report.best_fold} {names[0]}",
         )
         log_numeric(report.metrics)
         for name in ("metrics.json", "holdout.png"):

@@ -1,11 +1,14 @@
-"""DVC stage `train_detector@<fold>`: a RetinaNet trained on the other folds with the tuned
-anchors, validated by the RSNA score every epoch (best checkpoint kept, resumed when
-killed), then its TTA predictions on this fold (out-of-fold) and on the holdout.
+"""DVC stage `train_detector@<fold>`: every family of `detector.families` (the RetinaNet with
+the tuned anchors; the deformable two-stage detector) trained on the other folds, one after
+the other through the same loop, validated by the RSNA score every epoch (best checkpoint
+kept, resumed when killed), then their TTA predictions on this fold (out-of-fold) and on
+the holdout.
 
 Runs as one process or under `torchrun --nproc-per-node=N` (DDP); only rank 0 writes
-files and logs to MLflow. Writes models/detector/fold<k>/model.pt and
-results/detector/folds/fold<k>/{oof,holdout}_{boxes,images}.parquet (the contract is in
-cxrdet.infer.detector_tta) and metrics.json.
+files and logs to MLflow (a nested run per family). Writes models/detector/fold<k>/model.pt
+(RetinaNet) and two_stage.pt, results/detector/folds/fold<k>/{oof,holdout}_{boxes,images}.parquet
+(the contract is in cxrdet.infer.detector_tta; every family's rows, told apart by `model`)
+and metrics.json (the first family's scores at the top, every family's under "models").
 """
 
 from __future__ import annotations
@@ -23,15 +26,16 @@ from cxrdet.data.datasets import read_prepared
 from cxrdet.data.folds import HOLDOUT
 from cxrdet.errors import ConfigError, CxrdetError, exit_code_of
 from cxrdet.io import write_json, write_parquet
-from cxrdet.models.retinanet import save_detector
+from cxrdet.models.retinanet import RetinaNet, save_detector
+from cxrdet.models.two_stage import save_two_stage
 from cxrdet.paths import project_root
 from cxrdet.tracking.runs import log_numeric, stage_run
 from cxrdet.train.detector import (
     backbone_source,
-    decode_config,
     detector_data,
+    family_settings,
     predict_detector,
-    seeded_detector,
+    seeded_family,
     train_detector,
     truth_boxes,
     view_rsna,
@@ -79,38 +83,58 @@ def main() -> None:
         with run:
             data = detector_data(prepared, detector)
             weights = backbone_source(detector, root / "models/pretrained", params.pretrain.allow_download)
-            model = seeded_detector(detector, data, tuned_anchors=tuned, tuned_key=ANCHORS, weights=weights)
-            result = train_detector(
-                model, detector, data, prepared, ids["train"], ids["oof"], runtime, checkpoints,
-                identity={"fold": fold, "weights": weights_identity(weights)},
-                log=(lambda values, step: log_numeric(values, step=step)) if main_process else None,
-                desc=f"detector fold {fold}",
-            )
-            tables = {part: predict_detector(model, detector, data, prepared, ids[part], runtime, fold) for part in ("oof", "holdout")}
+            parts: dict[str, list[tuple[pd.DataFrame, pd.DataFrame]]] = {"oof": [], "holdout": []}
+            scores: dict[str, dict[str, float]] = {}
+            for family in detector.families:
+                settings = family_settings(detector, family)
+                child = mlflow.start_run(
+                    run_name=f"{stage}/{settings.name}", nested=True,
+                    tags={**tags, "cxrdet.stage": "train_detector", "cxrdet.model": settings.name},
+                ) if main_process else nullcontext()
+                with child:
+                    model = seeded_family(detector, data, family, tuned_anchors=tuned, tuned_key=ANCHORS, weights=weights)
+                    result = train_detector(
+                        model, detector, data, prepared, ids["train"], ids["oof"], runtime, checkpoints / settings.name,
+                        identity={"fold": fold, "weights": weights_identity(weights)},
+                        log=(lambda values, step: log_numeric(values, step=step)) if main_process else None,
+                        desc=f"{settings.name} fold {fold}",
+                    )
+                    tables = {part: predict_detector(model, detector, data, prepared, ids[part], runtime, fold) for part in parts}
+                    if not main_process:
+                        continue
+                    for part, table in tables.items():
+                        parts[part].append(table)
+                    config = {
+                        "fold": fold, "name": settings.name, "family": family, "image_size": detector.image_size,
+                        "class_names": data.class_names, "positive": data.positive if isinstance(model, RetinaNet) else [],
+                        "image_class_names": data.image_class_names if isinstance(model, RetinaNet) else [],
+                        "decode": settings.decode.__dict__, "best_epoch": result.best_epoch,
+                        f"best_val_{detector.monitor}": result.best_score,
+                    }
+                    save = save_detector if isinstance(model, RetinaNet) else save_two_stage
+                    save(root / "models/detector" / f"fold{fold}" / settings.model_file, model, config)
+                    oof_score, threshold = view_rsna(truth_boxes(prepared, ids["oof"]), tables["oof"][0])
+                    holdout_score, _ = view_rsna(truth_boxes(prepared, ids["holdout"]), tables["holdout"][0], threshold=threshold)
+                    scores[settings.name] = {
+                        "best_epoch": result.best_epoch, f"best_val_{detector.monitor}": result.best_score,
+                        "oof_rsna_score": oof_score, "oof_rsna_threshold": threshold, "holdout_rsna_score": holdout_score,
+                    }
+                    log_numeric(scores[settings.name])
+                    print(f"fold {fold}: out-of-fold RSNA {oof_score:.4f} ({settings.name}, original view, "
+                          f"score >= {threshold}), holdout {holdout_score:.4f}")
             if main_process:
-                config = {
-                    "fold": fold, "name": detector.name, "image_size": detector.image_size,
-                    "class_names": data.class_names, "image_class_names": data.image_class_names,
-                    "positive": data.positive, "decode": decode_config(detector).__dict__,
-                    "best_epoch": result.best_epoch, f"best_val_{detector.monitor}": result.best_score,
-                }
-                save_detector(root / "models/detector" / f"fold{fold}" / "model.pt", model, config)
-                for part, (boxes, images) in tables.items():
-                    write_parquet(boxes, results / f"{part}_boxes.parquet")
-                    write_parquet(images, results / f"{part}_images.parquet")
-                oof_score, threshold = view_rsna(truth_boxes(prepared, ids["oof"]), tables["oof"][0])
-                holdout_score, _ = view_rsna(truth_boxes(prepared, ids["holdout"]), tables["holdout"][0], threshold=threshold)
+                for part, tables in parts.items():
+                    write_parquet(pd.concat([boxes for boxes, _ in tables], ignore_index=True), results / f"{part}_boxes.parquet")
+                    write_parquet(pd.concat([images for _, images in tables], ignore_index=True), results / f"{part}_images.parquet")
                 metrics = {
-                    "fold": fold, "best_epoch": result.best_epoch, f"best_val_{detector.monitor}": result.best_score,
-                    "oof_rsna_score": oof_score, "oof_rsna_threshold": threshold, "holdout_rsna_score": holdout_score,
+                    "fold": fold, **next(iter(scores.values())), "models": scores,
                     "n_oof": len(ids["oof"]), "n_holdout": len(ids["holdout"]),
                 }
                 write_json(metrics, results / "metrics.json")
                 log_numeric(metrics)
                 mlflow.log_artifact(str(results / "metrics.json"))
                 shutil.rmtree(checkpoints, ignore_errors=True)  # only a killed run resumes
-                print(f"fold {fold}: out-of-fold RSNA {oof_score:.4f} (original view, score >= {threshold}), "
-                      f"holdout {holdout_score:.4f} -> {results}")
+                print(f"fold {fold}: {', '.join(scores)} -> {results}")
     finally:
         stop_runtime()
 

@@ -1,22 +1,104 @@
-"""Benchmarks stay runnable: each runs in --quick mode and prints its ratio table.
+"""Benchmarks stay runnable: each runs in --quick mode and prints its ratio table; those
+that write --json (bench/common.py) give rows run_all.py can join into one table.
 
 No timing is asserted (timings belong to the benchmarks, not the tests).
 """
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+# bench/common.py and run_all.py are plain scripts, not a package; appended (not first) so they
+# shadow nothing, and kept, as in_child's spawned processes import `common` by name.
+if str(BENCH) not in sys.path:
+    sys.path.append(str(BENCH))
+import common  # noqa: E402
+import run_all  # noqa: E402
+
+SCRIPTS = [path.stem for path in run_all.scripts(BENCH)]
 
 
-@pytest.mark.parametrize("script", ["prepare", "metrics", "detector"])
-def test_bench_quick_mode_prints_a_ratio(project_root, script):
-    completed = subprocess.run(
-        [sys.executable, str(project_root / "bench" / f"{script}.py"), "--quick"],
-        capture_output=True, text=True, timeout=600, cwd=project_root,
-    )
+def test_every_known_bench_is_discovered():
+    assert {"prepare", "metrics", "detector", "tuning"} <= set(SCRIPTS)
+    assert "common" not in SCRIPTS and "run_all" not in SCRIPTS
+
+
+def test_table_shows_ours_baseline_ratio_target_and_rss():
+    rows = [
+        common.Row("images/s", 20.0, 10.0, "img/s", target="~2x", ours_rss_mb=300.0, baseline_rss_mb=250.0),
+        common.Row.speedup("score", 0.5, 5.0, note="same score"),
+        common.Row("information", None, 3.0, "MiB"),
+    ]
+    assert rows[0].ratio == 2.0 and rows[1].ratio == 10.0 and rows[2].ratio is None
+    lines = common.table(rows, ("bench", ["a", "b", "c"]))
+    assert lines[0].split()[:4] == ["bench", "measure", "ours", "baseline"]
+    assert "2.00x" in lines[1] and "300 / 250" in lines[1]
+    assert "10.00x" in lines[2] and "score [1]" in lines[2]
+    assert lines[-1].endswith("score: same score")
+    report = common.Report("x", "context", rows, ["a note"])
+    assert common.Report.from_json(json.loads(json.dumps(report.to_json()))).rows == rows
+
+
+def _allocate(megabytes: int) -> int:
+    block = b"\x01" * (megabytes * 1024 * 1024)  # written: resident
+    return len(block)
+
+
+def test_in_child_reports_result_seconds_and_peak_rss():
+    small, large = common.in_child(_allocate, 1), common.in_child(_allocate, 200)
+    assert small.result == 1024 * 1024 and small.seconds >= 0
+    assert large.peak_rss_mb - small.peak_rss_mb > 150  # a fresh process each: peaks do not carry over
+
+
+def test_in_child_peak_rss_is_not_the_parents():
+    held = b"\x01" * (600 * 1024 * 1024)  # getrusage's ru_maxrss would carry this into the child
+    try:
+        assert common.in_child(_allocate, 1).peak_rss_mb < 500
+    finally:
+        del held
+
+
+def _fail(message: str) -> None:
+    raise ValueError(message)
+
+
+def test_in_child_names_the_failure():
+    with pytest.raises(RuntimeError, match="(?s)_fail failed in its spawned process.*ValueError: no such image"):
+        common.in_child(_fail, "no such image")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_bench_quick_mode_prints_a_ratio(project_root, script, tmp_path):
+    path = BENCH / f"{script}.py"
+    command = [sys.executable, str(path), "--quick"]
+    joins = run_all.speaks_json(path)
+    if joins:
+        command += ["--json", str(tmp_path / "report.json")]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=project_root)
     assert completed.returncode == 0, completed.stderr[-3000:]
     header = next(line for line in completed.stdout.splitlines() if line.startswith("measure"))
     assert "ratio" in header and "baseline" in header
+    if joins:
+        assert "ours" in header
+        report = json.loads((tmp_path / "report.json").read_text())
+        assert report["bench"] == script and report["rows"]
+        for row in report["rows"]:
+            assert {"measure", "ours", "baseline", "unit", "ratio", "target"} <= set(row)
+
+
+@pytest.mark.slow
+def test_run_all_prints_one_table(project_root, tmp_path):
+    out = tmp_path / "all.json"
+    completed = subprocess.run(
+        [sys.executable, str(BENCH / "run_all.py"), "--quick", "--only", "metrics", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=project_root,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    header = next(line for line in completed.stdout.splitlines() if line.split()[:2] == ["bench", "measure"])
+    assert all(word in header for word in ("measure", "ours", "baseline", "ratio", "target", "RSS"))
+    assert [report["bench"] for report in json.loads(out.read_text())["reports"]] == ["metrics"]

@@ -111,6 +111,17 @@ def test_torchrun_two_cpu_processes_train_a_fold_and_only_rank_0_writes(project)
     split = pd.read_parquet(project / "data/split/folds.parquet")
     images = pd.read_parquet(project / "results/detector/folds/fold1/oof_images.parquet")
     assert len(images) == (split["fold"] == 1).sum() * VIEWS and not images.duplicated(["image_id", "view"]).any()
+    # The same output files, with the same columns, as the single-process fold 0 above.
+    for outputs in ("results/detector/folds", "models/detector"):
+        single, distributed = (
+            sorted(path.relative_to(project / outputs / f"fold{k}") for path in (project / outputs / f"fold{k}").rglob("*"))
+            for k in (0, 1)
+        )
+        assert single and single == distributed, outputs
+    for name in ("oof_boxes", "oof_images", "holdout_boxes", "holdout_images"):
+        single, distributed = (pd.read_parquet(project / f"results/detector/folds/fold{k}/{name}.parquet") for k in (0, 1))
+        assert single.dtypes.to_dict() == distributed.dtypes.to_dict(), name
+    assert not (project / "models/checkpoints/train_detector@1").exists()
 
 
 def test_report_covers_every_fold(project):

@@ -16,6 +16,7 @@ import pytest
 
 from cxrdet.errors import OutputWriteError
 from cxrdet.io import write_json, write_parquet
+from cxrdet.tracking.runs import stage_run
 
 STAGE = """
 import sys, time
@@ -47,6 +48,24 @@ def test_sigterm_marks_the_stage_run_killed_and_leaves_no_run_running(tmp_path):
     statuses = run_statuses(tmp_path)
     # The nested run's own `with` closes it first (as FAILED); nothing is left RUNNING.
     assert statuses == {"sleepy": "KILLED", "trial-0": "FAILED"}
+
+
+def test_a_sigkilled_stage_run_is_closed_as_killed_by_the_next_stage_run(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    process = subprocess.Popen([sys.executable, "-c", STAGE, str(tmp_path)], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "started").exists():
+        assert process.poll() is None, process.stderr.read()
+        assert time.monotonic() < deadline, "the stage never started"
+        time.sleep(0.2)
+    process.kill()  # SIGKILL: the stage cannot close its runs
+    process.wait(timeout=60)
+    assert run_statuses(tmp_path) == {"sleepy": "RUNNING", "trial-0": "RUNNING"}
+    with stage_run("next", root=tmp_path, experiment="faults"):
+        assert run_statuses(tmp_path) == {"sleepy": "KILLED", "trial-0": "KILLED", "next": "RUNNING"}
+    with stage_run("next", root=tmp_path, experiment="faults"):  # a live stage's run is left alone
+        pass
+    assert set(run_statuses(tmp_path).values()) == {"KILLED", "FINISHED"}
 
 
 def test_an_unwritable_output_names_the_file_and_keeps_the_earlier_one(tmp_path):

@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -50,13 +51,15 @@ def test_repro_writes_every_stage_output(clone):
     for path in ["data/raw/demo/rsna/stage_2_train_labels.csv", "data/raw/demo/samples.png",
                  "data/prepared/detect/images.parquet", "data/prepared/pretrain/targets.parquet",
                  "data/prepared/detect/samples.png", "data/split/folds.parquet",
-                 "results/split/split.json", "results/pretrain/metrics.json", "results/classifier/metrics.json",
-                 "results/tuning/anchors.json", "results/detector/metrics.json", "results/detector/holdout.png",
-                 "dvc.lock"]:
+                 "results/split/split.json", "results/tuning/ensemble.json", "results/evaluate/metrics.json",
+                 "results/evaluate/submission.csv", "results/evaluate/overlay.png",
+                 "results/register/register.json", "dvc.lock"]:
         assert (root / path).exists(), path
     folds = pd.read_parquet(root / "data/split/folds.parquet")
     images = pd.read_parquet(root / "data/prepared/detect/images.parquet")
     assert len(folds) == len(images) > 0
+    registered = json.loads((root / "results/register/register.json").read_text())
+    assert registered["version"] == 1 and registered["champion"] == 1  # the first version is champion
 
 
 def test_every_stage_is_an_mlflow_run_with_identity_tags(clone):
@@ -82,6 +85,16 @@ def test_second_repro_is_up_to_date(clone):
     root, env = clone
     status = run(["dvc", "status"], root, env).stdout
     assert "up to date" in status.lower() or status.strip() == "", status
+
+
+def test_evaluate_numbers_equal_cxrdet_evaluate_on_its_submission(clone):
+    root, env = clone
+    metrics = json.loads((root / "results/evaluate/metrics.json").read_text())
+    report = json.loads(run([*metrics["evaluate_command"].split(), "--json"], root, env).stdout)
+    assert report["score"] == metrics["rsna_score"]
+    assert metrics["ablation"]["ensemble"]["score"] == metrics["rsna_score"]
+    tuned = json.loads((root / "results/tuning/ensemble.json").read_text())
+    assert tuned["untuned"]["rsna_score"] is None or tuned["rsna_score"] >= tuned["untuned"]["rsna_score"]
 
 
 def commit_all(root: Path, env: dict, message: str) -> None:
@@ -132,3 +145,44 @@ def test_queued_experiments_log_to_the_projects_store_tagged_with_their_names(cl
     shown = run(["dvc", "exp", "show", "--json"], root, env).stdout
     assert len({name for (name,) in names}) == 2
     assert all(name in shown for (name,) in names)
+
+
+def _running_stage_pid(root: Path, run_name: str) -> int | None:
+    with sqlite3.connect(root / "mlruns" / "mlflow.db") as db:
+        found = db.execute(
+            "SELECT t.value FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+            "WHERE r.name = ? AND r.status = 'RUNNING' AND t.key = 'cxrdet.pid'", (run_name,)
+        ).fetchall()
+    return int(found[0][0]) if found else None
+
+
+def test_a_fold_stage_killed_mid_training_resumes_on_the_next_repro(clone, tmp_path):
+    root, env = clone
+    metrics = root / "results/detector/folds/fold1/metrics.json"
+    uninterrupted = json.loads(metrics.read_text())
+    checkpoint = root / "models/checkpoints/train_detector@1/retinanet/last.pt"  # <stage>/<family>/
+    stage = ["dvc", "repro", "--single-item", "train_detector@1"]
+    # SIGTERM first (the stage closes its own run), then SIGKILL (it cannot: the next run does).
+    for attempt, (signum, extra) in enumerate(((signal.SIGTERM, ["--force"]), (signal.SIGKILL, []))):
+        seen = checkpoint.stat().st_mtime_ns if checkpoint.exists() else None
+        with open(tmp_path / f"attempt{attempt}.log", "w") as log:
+            process = subprocess.Popen([*stage, *extra], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 600
+        while not (checkpoint.exists() and checkpoint.stat().st_mtime_ns != seen):  # an epoch ended
+            assert process.poll() is None, (tmp_path / f"attempt{attempt}.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no epoch finished"
+            time.sleep(0.5)
+        pid = _running_stage_pid(root, "train_detector@1")
+        assert pid is not None
+        os.kill(pid, signum)
+        assert process.wait(timeout=300) != 0
+        assert checkpoint.exists()
+
+    done = run(stage, root, env)
+    assert "resuming from" in done.stdout + done.stderr
+    assert json.loads(metrics.read_text()) == uninterrupted  # the same numbers as a run never killed
+    assert not checkpoint.parent.parent.exists()
+    with sqlite3.connect(root / "mlruns" / "mlflow.db") as db:
+        statuses = [status for (status,) in db.execute(
+            "SELECT status FROM runs WHERE name = 'train_detector@1' ORDER BY start_time")]
+    assert statuses[-3:] == ["KILLED", "KILLED", "FINISHED"] and "RUNNING" not in statuses

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from cxrdet.tracking.store import artifact_root, default_tracking_uri, store_root
 
@@ -20,3 +27,34 @@ def test_a_folder_merely_named_like_dvc_parts_is_its_own_store(tmp_path):
     project = tmp_path / "exps" / "tmp" / "project"
     assert store_root(project) == project.resolve()
     assert default_tracking_uri(Path(project)).endswith("/exps/tmp/project/mlruns/mlflow.db")
+
+
+PARALLEL_STAGE = """
+import sys, time
+from pathlib import Path
+from cxrdet.tracking.runs import stage_run
+root = Path(sys.argv[1])
+while not (root / "go").exists():  # start together: the race is on the first touch of the store
+    time.sleep(0.01)
+with stage_run("split", root=root, experiment="parallel", run_name=f"worker-{sys.argv[2]}"):
+    pass
+"""
+
+
+@pytest.mark.slow  # four processes importing MLflow at once
+def test_parallel_first_stages_share_one_fresh_store(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    workers = [
+        subprocess.Popen([sys.executable, "-c", PARALLEL_STAGE, str(tmp_path), str(k)], env=env,
+                         stderr=subprocess.PIPE, text=True)
+        for k in range(4)
+    ]
+    time.sleep(3)  # let them import mlflow
+    (tmp_path / "go").touch()
+    for worker in workers:
+        assert worker.wait(timeout=180) == 0, worker.stderr.read()[-2000:]
+    with sqlite3.connect(tmp_path / "mlruns" / "mlflow.db") as db:
+        experiments = db.execute("SELECT name FROM experiments WHERE name = 'parallel'").fetchall()
+        runs = db.execute("SELECT name, status FROM runs").fetchall()
+    assert len(experiments) == 1
+    assert sorted(runs) == [(f"worker-{k}", "FINISHED") for k in range(4)]

@@ -13,7 +13,10 @@ from cxrdet.errors import exit_code_of
 COMMAND_MODULES = [
     "cxrdet.commands.prepare",
     "cxrdet.commands.evaluate",
+    "cxrdet.commands.predict",
     "cxrdet.commands.profile",
+    "cxrdet.commands.registry",
+    "cxrdet.commands.stage_times",
 ]
 
 

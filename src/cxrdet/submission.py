@@ -223,12 +223,8 @@ def write_rsna_submission(
 ) -> Path:
     """One row per image of `image_ids` (default: the predicted images), boxes in
     descending confidence, an empty string for an image without boxes."""
-
-    def box(row: np.ndarray) -> list[float]:
-        x, y, w, h, conf, _ = row
-        return [conf, x, y, w, h]
-
-    return _write_prediction_strings(predictions, path, RSNA_HEADER, box, "", image_ids)
+    rows = prediction_strings(predictions, "rsna", image_ids=image_ids)
+    return _write_rows(path, [list(RSNA_HEADER), *map(list, rows)])
 
 
 def write_vinbigdata_submission(
@@ -236,14 +232,8 @@ def write_vinbigdata_submission(
 ) -> Path:
     """One row per image of `image_ids` (default: the predicted images); an image
     without boxes gets `14 1 0 0 1 1`."""
-
-    def box(row: np.ndarray) -> list[float]:
-        x, y, w, h, conf, cls = row
-        return [int(cls), conf, x, y, x + w, y + h]
-
-    return _write_prediction_strings(
-        predictions, path, VINBIGDATA_HEADER, box, NO_FINDING_STRING, image_ids
-    )
+    rows = prediction_strings(predictions, "vinbigdata", image_ids=image_ids)
+    return _write_rows(path, [list(VINBIGDATA_HEADER), *map(list, rows)])
 
 
 def write_folder_submission(
@@ -269,21 +259,37 @@ def write_folder_submission(
     return _write_rows(path, [list(FOLDER_HEADER), *rows])
 
 
-def _write_prediction_strings(
-    predictions: pd.DataFrame,
-    path: str | Path,
-    header: tuple[str, str],
-    box: Callable[[np.ndarray], list[float]],
-    empty: str,
-    image_ids: Sequence[str] | None,
-) -> Path:
+def _rsna_values(row: np.ndarray) -> list[float]:
+    x, y, w, h, conf, _ = row
+    return [conf, x, y, w, h]
+
+
+def _class_corner_values(row: np.ndarray) -> list[float]:
+    x, y, w, h, conf, cls = row
+    return [int(cls), conf, x, y, x + w, y + h]
+
+
+# layout -> (one box's values, the string of an image without boxes)
+_STRING_LAYOUTS: dict[str, tuple[Callable[[np.ndarray], list[float]], str]] = {
+    "rsna": (_rsna_values, ""),
+    "vinbigdata": (_class_corner_values, NO_FINDING_STRING),
+    "classes": (_class_corner_values, ""),
+}
+
+
+def prediction_strings(
+    predictions: pd.DataFrame, layout: str, *, image_ids: Sequence[str] | None = None
+) -> list[tuple[str, str]]:
+    """(image id, PredictionString) per image of `image_ids` (default: the predicted images),
+    boxes in descending confidence, as the submission files carry them. layout: rsna
+    (`conf x y w h`), vinbigdata (`class conf x_min y_min x_max y_max`, `14 1 0 0 1 1` for
+    no box) or classes (the VinBigData box layout, an empty string for no box)."""
+    box, empty = _STRING_LAYOUTS[layout]
     frame = _checked(predictions)
-    ids = _image_ids(frame, image_ids)
-    rows = [list(header)]
-    for image_id, group in _by_image(frame, ids):
-        text = empty if group is None else " ".join(_format(v) for row in group for v in box(row))
-        rows.append([image_id, text])
-    return _write_rows(path, rows)
+    return [
+        (image_id, empty if group is None else " ".join(_format(v) for row in group for v in box(row)))
+        for image_id, group in _by_image(frame, _image_ids(frame, image_ids))
+    ]
 
 
 def _checked(predictions: pd.DataFrame) -> pd.DataFrame:

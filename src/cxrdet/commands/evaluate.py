@@ -16,21 +16,17 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cxrdet.commands.arguments import FORMATS, add_command
+
 if TYPE_CHECKING:
     from cxrdet.metrics import MapResult
 
-FORMATS = ("rsna", "vinbigdata", "folder")
 # Readers' boxes are fused at IoU 0.4, as the winners built their labels (REFERENCE.md).
 FUSE_IOU = 0.4
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "evaluate",
-        help="score a submission file against a truth file",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = add_command(subparsers, "evaluate", "score a submission file against a truth file", __doc__, run)
     parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument(
         "--truth", required=True, type=Path, help="truth CSV in the format's layout"
@@ -50,7 +46,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_false",
         help="vinbigdata: use every reader's box as given instead of fusing them",
     )
-    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

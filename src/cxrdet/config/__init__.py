@@ -8,6 +8,7 @@ naming the key (dotted path) and what is allowed.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
@@ -37,6 +38,16 @@ from cxrdet.config.detector import (
     StudyParams,
     TuneAnchorsParams,
 )
+from cxrdet.config.ensemble import (
+    EnsembleParams,
+    EnsembleSearchParams,
+    FusionParams,
+    GatingParams,
+    ShrinkRange,
+    TuneEnsembleParams,
+    UnitRange,
+)
+from cxrdet.config.register import RegisterParams
 from cxrdet.config.section import Section
 from cxrdet.config.training import (
     ClassifierParams,
@@ -53,11 +64,17 @@ __all__ = [
     "AnchorParams", "AnchorSearchParams", "BoxAugmentParams", "ClassifierParams",
     "ClassifierVariant", "CountRange", "DataParams", "DatasetFormat", "DatasetParams",
     "DecodeParams", "DetectorLossParams", "DetectorParams", "DetectorTtaParams",
-    "OptimParams", "Params", "PrepareParams", "PretrainParams", "PrunerParams", "ScheduleParams",
-    "SearchRange", "Section", "SplitParams", "StudyParams", "SynthesizeParams", "TrackingParams",
-    "TrainParams", "TtaParams", "TuneAnchorsParams",
+    "EnsembleParams", "EnsembleSearchParams", "FusionParams", "GatingParams", "OptimParams",
+    "Params", "PrepareParams", "PretrainParams", "PrunerParams", "RegisterParams", "ScheduleParams", "SearchRange",
+    "Section", "ShrinkRange", "SplitParams", "StudyParams", "SynthesizeParams", "TrackingParams",
+    "TrainParams", "TtaParams", "TuneAnchorsParams", "TuneEnsembleParams", "UnitRange",
     "deep_merge", "load_params", "read_yaml", "validate_params",
 ]
+
+
+# The field `register` (stage register's group) shadows ABCMeta.register, which pydantic's
+# metaclass inherits, on the class only: instances read the field, so the warning is noise.
+warnings.filterwarnings("ignore", message='Field name "register" in "Params" shadows', category=UserWarning)
 
 
 class Params(Section):
@@ -71,6 +88,9 @@ class Params(Section):
     pretrain: PretrainParams = PretrainParams()
     detector: DetectorParams = DetectorParams()
     tune_anchors: TuneAnchorsParams = TuneAnchorsParams()
+    ensemble: EnsembleParams = EnsembleParams()
+    tune_ensemble: TuneEnsembleParams = TuneEnsembleParams()
+    register: RegisterParams = RegisterParams()
 
     @field_validator("classifier", "detector")
     @classmethod

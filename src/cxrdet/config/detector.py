@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, PositiveFloat, model_validator
 
-from cxrdet.config.section import Section
+from cxrdet.config.section import Range, Section
 from cxrdet.config.training import OptimParams
 
 
@@ -68,8 +68,56 @@ class DetectorTtaParams(Section):
         return self
 
 
+class RelationParams(Section):
+    """Relation Networks' object-relation module after each fc layer of the two-stage box head."""
+
+    heads: int = Field(0, ge=0)  # 0: off; Relation Networks: 16 (they must divide two_stage.representation)
+    geometry_dim: int = Field(64, ge=8, multiple_of=8)  # the relative-geometry embedding (4 features x sin/cos)
+
+
+class TwoStageDecodeParams(Section):
+    """Boxes the two-stage detector keeps per image and view (its RoI heads' post-processing)."""
+
+    score_floor: float = Field(0.01, ge=0.0, lt=1.0)
+    nms_iou: float = Field(0.3, gt=0.0, le=1.0)  # 1st place: 0.3
+    top_k: int = Field(5, ge=1)  # 1st place: at most 5 boxes
+
+
+class TwoStageParams(Section):
+    """The second detector family (families: [.., two_stage]): a Faster R-CNN on the same timm
+    backbone, FPN (detector.p2, fpn_channels), image size, augmentation and TTA as the RetinaNet,
+    with modulated deformable convolutions and an optional relation module (RSNA 1st place:
+    Deformable R-FCN / Relation Networks on ResNet-101)."""
+
+    name: str = Field("two_stage", pattern=r"^[A-Za-z0-9_.-]+$")  # the `model` column of its predictions
+    # Backbone stages C<k> (stride 2^k) whose 3x3 convs become deformable; 1st place: res5 = [5]; [] off.
+    deformable: list[int] = Field([5], max_length=8)
+    representation: int = Field(1024, ge=8)  # width of the box head's two fc layers
+    relation: RelationParams = RelationParams()
+    positives_only: bool = True  # train on images with boxes only (1st place); validation sees every image
+    anchors: AnchorParams = AnchorParams(base_size=8.0, scales=[1.0])  # one size per level P2|P3..P6 (FPN: 32 px at P2)
+    rpn_batch_size: int = Field(256, ge=1)  # anchors sampled per image for the RPN loss
+    roi_batch_size: int = Field(512, ge=1)  # RoIs sampled per image for the box-head loss
+    proposals: int = Field(1000, ge=1)  # RPN proposals per image (after its NMS), training and inference
+    optim: OptimParams = OptimParams()
+    decode: TwoStageDecodeParams = TwoStageDecodeParams()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TwoStageParams:
+        if len(set(self.deformable)) != len(self.deformable):
+            raise ValueError(f"deformable: stages must be unique (got {self.deformable})")
+        heads = self.relation.heads
+        if heads and self.representation % heads:
+            raise ValueError(
+                f"relation.heads: {heads} heads do not divide representation ({self.representation}): "
+                "each head attends with representation / heads channels"
+            )
+        return self
+
+
 class DetectorParams(Section):
-    """RetinaNet fold detectors (DVC stage train_detector@<fold>) and their TTA predictions."""
+    """Fold detectors (DVC stage train_detector@<fold>: every family of `families`) and their TTA predictions;
+    the top-level knobs are the RetinaNet's, and the backbone, FPN, image size, augmentation and TTA are shared."""
 
     name: str = Field("retinanet", pattern=r"^[A-Za-z0-9_.-]+$")  # the `model` column of the predictions
     folds: list[int] = Field([0, 1, 2, 3], min_length=1)
@@ -99,9 +147,16 @@ class DetectorParams(Section):
     optim: OptimParams = OptimParams()
     decode: DecodeParams = DecodeParams()
     tta: DetectorTtaParams = DetectorTtaParams()
+    # Detector families trained per fold by train_detector@<fold>; their boxes are fused by the ensemble.
+    families: list[Literal["retinanet", "two_stage"]] = Field(["retinanet"], min_length=1)
+    two_stage: TwoStageParams = TwoStageParams()
 
     @model_validator(mode="after")
     def _consistent(self) -> DetectorParams:
+        if len(set(self.families)) != len(self.families):
+            raise ValueError(f"families must be unique (got {self.families})")
+        if "two_stage" in self.families and self.two_stage.name == self.name:
+            raise ValueError(f"two_stage.name must differ from name ({self.name!r}): it tells their predictions apart")
         if self.weights == "none" and (self.frozen_bn or self.freeze_encoder_epochs):
             raise ValueError("frozen_bn and freeze_encoder_epochs need loaded weights (weights: pretrain or imagenet)")
         if len(set(self.folds)) != len(self.folds):
@@ -109,26 +164,14 @@ class DetectorParams(Section):
         return self
 
 
-class SearchRange(Section):
+class SearchRange(Range):
     low: float = Field(gt=0.0)
     high: float = Field(gt=0.0)
 
-    @model_validator(mode="after")
-    def _ordered(self) -> SearchRange:
-        if self.low > self.high:
-            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
-        return self
 
-
-class CountRange(Section):
+class CountRange(Range):
     low: int = Field(ge=1)
     high: int = Field(ge=1)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> CountRange:
-        if self.low > self.high:
-            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
-        return self
 
 
 class AnchorSearchParams(Section):

@@ -42,7 +42,8 @@ from torch.utils.data import Dataset
 from cxrdet.config import TrainParams
 from cxrdet.data.datasets import CachedImages, normalize
 from cxrdet.data.detection import boxes_to_original
-from cxrdet.models.retinanet import DecodeConfig, decode, image_probabilities
+from cxrdet.models.families import detect
+from cxrdet.models.retinanet import DecodeConfig
 from cxrdet.train.distributed import DistContext
 from cxrdet.train.inference import predict_dataset
 
@@ -110,10 +111,8 @@ class ViewDataset(Dataset):
 def _predict_view(
     model: nn.Module, batch: dict[str, Any], view: DetectionView, size: int, decode_config: DecodeConfig
 ) -> dict[str, Any]:
-    outputs = model(batch["image"])
     side = max(1, round(size * view.scale))
-    detections = decode(outputs, model.box_coder, (side, side), decode_config)  # content, not padding
-    probs = image_probabilities(outputs)
+    detections, probs = detect(model, batch["image"], (side, side), decode_config)  # content, not padding
     return {
         "index": batch["index"].cpu(),
         "boxes": [boxes_from_view(d.boxes.cpu().numpy(), view, side / size, size) for d in detections],
@@ -146,7 +145,7 @@ def predict_views(
     runtime: TrainParams,
     context: DistContext | None = None,
 ) -> list[ViewPredictions]:
-    """Every view of every image through `model` (a RetinaNet), sharded over DDP ranks."""
+    """Every view of every image through `model` (a detector of any family), sharded over DDP ranks."""
     if len(images) == 0:
         return [ViewPredictions(view, [], [], [], None) for view in views]
     results = []

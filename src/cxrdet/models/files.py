@@ -45,3 +45,11 @@ def load_model_file(path: Path, kind: str) -> tuple[dict[str, torch.Tensor], dic
         found = content.get("kind") if isinstance(content, dict) else type(content).__name__
         raise CxrdetError(f"{path}: expected a cxrdet {kind} file, found {found!r}")
     return content["state_dict"], content["config"]
+
+
+def model_file_kind(path: Path) -> str:
+    """The `kind` a cxrdet model file was saved with (what `config` rebuilds)."""
+    content = load_torch(path)
+    if not isinstance(content, dict) or not isinstance(content.get("kind"), str):
+        raise CxrdetError(f"{path}: not a cxrdet model file (no kind)")
+    return content["kind"]

@@ -336,14 +336,24 @@ def image_probabilities(outputs: dict[str, Tensor]) -> Tensor | None:
     return None if logits is None else logits.float().softmax(dim=1)
 
 
+def save_detector_file(path: Path, kind: str, model: nn.Module, extra: dict[str, Any]) -> None:
+    """Weights + the model's config (any detector family: `model.config.to_dict()`); `extra`
+    describes use (image_size, class names, decode params, fold...)."""
+    save_model_file(path, kind, model.state_dict(), {"model": model.config.to_dict(), **extra})
+
+
+def load_detector_file(path: Path, kind: str, model_class: type, config_class: type) -> tuple[Any, dict[str, Any]]:
+    """(model, config) of a file `save_detector_file` wrote: `model_class(config, backbone)`."""
+    state_dict, config = load_model_file(path, kind)
+    model_config = config_class.from_dict(config["model"])
+    model = model_class(model_config, create_detector_backbone(model_config.backbone))
+    model.load_state_dict(state_dict)
+    return model, config
+
+
 def save_detector(path: Path, model: RetinaNet, extra: dict[str, Any]) -> None:
-    """Weights + config; `extra` describes use (image_size, class names, decode params, fold...)."""
-    save_model_file(path, DETECTOR_KIND, model.state_dict(), {"model": model.config.to_dict(), **extra})
+    save_detector_file(path, DETECTOR_KIND, model, extra)
 
 
 def load_detector(path: Path) -> tuple[RetinaNet, dict[str, Any]]:
-    state_dict, config = load_model_file(path, DETECTOR_KIND)
-    model_config = RetinaNetConfig.from_dict(config["model"])
-    model = RetinaNet(model_config, create_detector_backbone(model_config.backbone))
-    model.load_state_dict(state_dict)
-    return model, config
+    return load_detector_file(path, DETECTOR_KIND, RetinaNet, RetinaNetConfig)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import threading
 from collections.abc import Iterator, Mapping
@@ -14,6 +15,9 @@ from typing import Any
 from cxrdet.tracking.store import configure, ensure_experiment
 
 GIT_COMMIT_TAG = "mlflow.source.git.commit"  # MLflow's own tag, shown in its UI
+HOST_TAG = "cxrdet.host"
+EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_ID"
+PID_TAG = "cxrdet.pid"  # with the host: lets a later stage run close a run whose process died
 
 
 def git_commit(root: Path) -> tuple[str, bool]:
@@ -59,16 +63,19 @@ def stage_run(
 
     configure(root, tracking_uri)
     experiment_id = ensure_experiment(experiment, root)
+    close_orphaned_runs(experiment_id)
     commit, dirty = git_commit(root)
     run_tags = {
         "cxrdet.stage": stage,
+        HOST_TAG: socket.gethostname(),
+        PID_TAG: str(os.getpid()),
         GIT_COMMIT_TAG: commit,
         "cxrdet.git_dirty": str(dirty).lower(),
         **({"cxrdet.dvc_exp": os.environ["DVC_EXP_NAME"]} if "DVC_EXP_NAME" in os.environ else {}),
         **(tags or {}),
     }
     run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name or stage, tags=run_tags)
-    with _terminated_on_sigterm():
+    with _terminated_on_sigterm(), _nested_runs_in(experiment_id):
         try:
             if params:
                 mlflow.log_params({k: str(v) for k, v in flatten(params).items()})
@@ -81,6 +88,60 @@ def stage_run(
             _end_runs(run, "FAILED")
             raise
         _end_runs(run, "FINISHED")
+
+
+def close_orphaned_runs(experiment_id: str) -> list[str]:
+    """Mark KILLED the runs left RUNNING by a stage process of this host that is gone (SIGKILL,
+    out of memory, power loss), and their nested runs: such a process could not close them.
+    Returns their ids."""
+    import mlflow
+
+    running = mlflow.search_runs(
+        experiment_ids=[experiment_id], filter_string="attributes.status = 'RUNNING'", output_format="list"
+    )
+    host = socket.gethostname()
+    dead = {
+        run.info.run_id: pid
+        for run in running
+        if run.data.tags.get(HOST_TAG) == host
+        and (pid := run.data.tags.get(PID_TAG, "")).isdigit()
+        and not _alive(int(pid))
+    }
+    client = mlflow.MlflowClient()
+    closed = []
+    for run in running:
+        stage_run_id = run.info.run_id if run.info.run_id in dead else run.data.tags.get("mlflow.parentRunId")
+        if stage_run_id in dead:
+            reason = f"process {dead[stage_run_id]} ended without closing its run"
+            client.set_tag(run.info.run_id, "cxrdet.end_reason", reason)
+            client.set_terminated(run.info.run_id, "KILLED")
+            closed.append(run.info.run_id)
+    return closed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+@contextmanager
+def _nested_runs_in(experiment_id: str) -> Iterator[None]:
+    """A nested run goes to the active experiment, not its parent's: make it the stage's
+    (through MLflow's environment variable, so nothing stays set after the stage)."""
+    previous = os.environ.get(EXPERIMENT_ENV)
+    os.environ[EXPERIMENT_ENV] = experiment_id
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(EXPERIMENT_ENV, None)
+        else:
+            os.environ[EXPERIMENT_ENV] = previous
 
 
 class Terminated(BaseException):

@@ -6,9 +6,17 @@ repository, and a relative URI would write into the copy and be lost.
 
 from __future__ import annotations
 
+import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
+
+# mlflow.set_tracking_uri writes MLFLOW_TRACKING_URI into this process's environment: only
+# the value the process started with is the user's override (a later configure() for another
+# project must not inherit the previous project's store).
+USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
 
 # Offline by default: no usage telemetry leaves the machine.
 OFFLINE_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
@@ -43,7 +51,7 @@ def configure(root: Path, tracking_uri: str | None = None) -> str:
 
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri or default_tracking_uri(root)
+    uri = USER_TRACKING_URI or tracking_uri or default_tracking_uri(root)
     (store_root(root) / "mlruns").mkdir(exist_ok=True)
     mlflow.set_tracking_uri(uri)
     return uri
@@ -52,24 +60,29 @@ def configure(root: Path, tracking_uri: str | None = None) -> str:
 def ensure_experiment(name: str, root: Path) -> str:
     """The experiment's id, creating it (with artifacts under mlruns/artifacts/) if needed.
 
-    Creating it up front, before any parallel workers, avoids sqlite races on the schema.
+    The first touch of a sqlite store creates its schema; parallel stages (`dvc queue start
+    -j N`, torchrun ranks, tuning workers) would race on it, so it happens under a file lock.
     """
     import mlflow
     from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
-    client = MlflowClient()
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    # A tracking server stores (or proxies) artifacts itself; a local store keeps them in mlruns/.
-    served = urlparse(mlflow.get_tracking_uri()).scheme in ("http", "https")
-    location = None if served else (artifact_root(root) / name).as_uri()
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except MlflowException:
-        # Another worker created it between our lookup and create.
+    with _setup_lock(root):
+        client = MlflowClient()
         experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            raise
-        return experiment.experiment_id
+        if experiment is not None:
+            return experiment.experiment_id
+        # A tracking server stores (or proxies) artifacts itself; a local store keeps them in mlruns/.
+        served = urlparse(mlflow.get_tracking_uri()).scheme in ("http", "https")
+        location = None if served else (artifact_root(root) / name).as_uri()
+        return client.create_experiment(name, artifact_location=location)
+
+
+@contextmanager
+def _setup_lock(root: Path) -> Iterator[None]:
+    """Exclusive among this machine's processes (the sqlite store is a local file)."""
+    with open(store_root(root) / "mlruns" / ".setup.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -9,7 +9,7 @@ a fold classifier (2-class opacity or the image labels) starts from that backbon
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -259,13 +259,21 @@ def predict_views(
         runtime=runtime.params,
         context=runtime.context,
     )
+    return view_table(probs, image_ids, config, [view.name for view in views])
+
+
+def view_table(
+    probs: np.ndarray, image_ids: Sequence[str], config: dict[str, Any], views: Sequence[str]
+) -> pd.DataFrame:
+    """The prediction table of TTA probabilities (images, views, classes) of the classifier
+    described by `config` (see train_fold_classifier): one row per (image, view)."""
     count = len(image_ids)
     return pd.DataFrame(
         {
-            "image_id": np.repeat(image_ids, len(views)),
+            "image_id": np.repeat(np.asarray(image_ids, dtype=object), len(views)),
             "fold": config["fold"],
             "model": config["variant"],
-            "view": [view.name for view in views] * count,
+            "view": list(views) * count,
             "opacity": probs[:, :, config["positive"]].sum(axis=2).reshape(-1),
             "probs": list(probs.reshape(count * len(views), -1)),
         }

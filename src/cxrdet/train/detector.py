@@ -1,8 +1,8 @@
-"""RetinaNet recipes on the one loop: the detection Task, anchors, fold training, scoring.
+"""Detector recipes on the one loop: the detection Tasks, anchors, fold training, scoring.
 
-`train_detector` trains one RetinaNet through `cxrdet.train.loop.fit` (validation by the
-RSNA score each epoch, best checkpoint, resume); `tune_anchors` and `train_detector@fold`
-both use it. Scores are computed on boxes in any one pixel frame: input pixels during
+`train_detector` trains one detector of either family (RetinaNet, two-stage) through
+`cxrdet.train.loop.fit` (validation by the RSNA score each epoch, best checkpoint,
+resume); `tune_anchors` (RetinaNet) and `train_detector@fold` (every family) use it. Scores are computed on boxes in any one pixel frame: input pixels during
 training, original pixels for the stage metrics.
 """
 
@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from cxrdet.config import AnchorParams, DetectorParams
+from cxrdet.config import AnchorParams, DetectorParams, OptimParams
 from cxrdet.data.box_augment import BoxAugmentSettings, detector_augmentation
 from cxrdet.data.cache import read_cached
 from cxrdet.data.datasets import CachedImages, Prepared
@@ -31,6 +31,7 @@ from cxrdet.errors import ConfigError, CxrdetError
 from cxrdet.infer.detector_tta import ORIGINAL, detection_views, predict_views, prediction_tables
 from cxrdet.metrics import mean_average_precision, rsna_score
 from cxrdet.models.anchors import AnchorConfig, anchors_from_base, warn_unmatchable
+from cxrdet.models.families import MODEL_FILES, RETINANET, TWO_STAGE, detect
 from cxrdet.models.retinanet import (
     DecodeConfig,
     LossConfig,
@@ -38,9 +39,9 @@ from cxrdet.models.retinanet import (
     RetinaNetConfig,
     RetinaNetLoss,
     create_detector_backbone,
-    decode,
     pyramid_levels,
 )
+from cxrdet.models.two_stage import TwoStageConfig, TwoStageDetector
 from cxrdet.train.classifier import classification_targets, file_digest
 from cxrdet.train.distributed import unwrap
 from cxrdet.train.loop import FitResult, fit
@@ -109,13 +110,14 @@ def mean_box_baseline(train_boxes: pd.DataFrame, train_images: pd.DataFrame, ima
 
 
 class DetectionTask:
-    """Loss, prediction and validation scores of a RetinaNet for `fit`.
+    """Loss, prediction and validation scores of a RetinaNet for `fit` (prediction and scores
+    serve every family).
 
     `start_epoch` freezes the encoder during the first `freeze_encoder_epochs` epochs."""
 
     def __init__(
         self,
-        criterion: RetinaNetLoss,
+        criterion: RetinaNetLoss | None,
         decode_config: DecodeConfig,
         *,
         monitor: str = "rsna",
@@ -144,8 +146,7 @@ class DetectionTask:
 
     def predict(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
         images = batch["image"]
-        outputs = model(images)
-        detections = decode(outputs, unwrap(model).box_coder, tuple(images.shape[-2:]), self.decode_config)
+        detections, _ = detect(unwrap(model), images, tuple(images.shape[-2:]), self.decode_config)
         return {
             "index": batch["index"].cpu(),
             "boxes": [d.boxes.cpu().numpy() for d in detections],
@@ -167,6 +168,19 @@ class DetectionTask:
             return xyxy_frame(owners, np.concatenate(boxes) if boxes else np.zeros((0, 4)), **extra)
 
         return detection_scores(frame("truth", "truth_labels", None), frame("boxes", "labels", "scores"))
+
+
+class TwoStageTask(DetectionTask):
+    """The two-stage detector's loss: the sum of torchvision's RPN and box-head losses, which
+    its forward pass computes from the targets (images without boxes: background only)."""
+
+    def __init__(self, decode_config: DecodeConfig, *, monitor: str = "rsna", freeze_encoder_epochs: int = 0) -> None:
+        super().__init__(None, decode_config, monitor=monitor, freeze_encoder_epochs=freeze_encoder_epochs, global_head=False)
+
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        device = batch["image"].device
+        targets = [{"boxes": b.to(device), "labels": c.to(device)} for b, c in zip(batch["boxes"], batch["labels"])]
+        return sum(model(batch["image"], targets).values())
 
 
 # ---------------------------------------------------------------- anchors and model
@@ -227,6 +241,56 @@ def build_detector(
     return model
 
 
+def build_two_stage(params: DetectorParams, num_classes: int, weights: dict[str, Any] | None = None) -> TwoStageDetector:
+    """The two-stage detector of params' detector.two_stage on detector.backbone (same weights source)."""
+    two_stage = params.two_stage
+    backbone = create_detector_backbone(params.backbone, param_key="detector.backbone", **(weights or {}))
+    levels, strides = pyramid_levels(backbone.feature_info, params.p2)
+    rpn_strides = strides[: len(levels) + 1]  # the FPN levels and the max-pooled P6
+    anchors = two_stage.anchors
+    if anchors.sizes is not None and len(anchors.sizes) != len(rpn_strides):
+        raise ConfigError(
+            f"detector.two_stage.anchors.sizes: {len(anchors.sizes)} sizes for {len(rpn_strides)} RPN levels "
+            f"(strides {list(rpn_strides)})"
+        )
+    config = TwoStageConfig(
+        backbone=params.backbone, num_classes=num_classes, anchors=resolve_anchors(anchors, rpn_strides, None, ""),
+        p2=params.p2, fpn_channels=params.fpn_channels, deformable=tuple(two_stage.deformable),
+        representation=two_stage.representation, relation_heads=two_stage.relation.heads,
+        geometry_dim=two_stage.relation.geometry_dim, rpn_batch_size=two_stage.rpn_batch_size,
+        roi_batch_size=two_stage.roi_batch_size, proposals=two_stage.proposals, frozen_bn=params.frozen_bn,
+    )
+    model = TwoStageDetector(config, backbone)
+    model.check_image_size(params.image_size, "detector.image_size")
+    return model
+
+
+@dataclass(frozen=True)
+class Family:
+    """What differs between the detector families on the shared loop, stage and tables."""
+
+    family: str  # RETINANET | TWO_STAGE
+    name: str  # the `model` column of its predictions (params' detector.name, detector.two_stage.name)
+    optim: OptimParams
+    decode: DecodeConfig
+    positives_only: bool  # train on images with boxes only
+    model_file: str  # in models/detector/fold<k>/
+
+
+def family_settings(params: DetectorParams, family: str) -> Family:
+    if family == TWO_STAGE:
+        two_stage = params.two_stage
+        return Family(
+            TWO_STAGE, two_stage.name, two_stage.optim, DecodeConfig(**two_stage.decode.model_dump()),
+            two_stage.positives_only, MODEL_FILES[TWO_STAGE],
+        )
+    return Family(RETINANET, params.name, params.optim, decode_config(params), False, MODEL_FILES[RETINANET])
+
+
+def family_of(model: nn.Module) -> str:
+    return TWO_STAGE if isinstance(model, TwoStageDetector) else RETINANET
+
+
 def loss_config(params: DetectorParams) -> LossConfig:
     loss = params.loss
     return LossConfig(loss.fg_iou, loss.bg_iou, loss.alpha, loss.gamma, loss.smooth_l1_beta, params.global_weight)
@@ -268,7 +332,7 @@ def detector_data(prepared: Prepared, params: DetectorParams) -> DetectorData:
 
 
 def train_detector(
-    model: RetinaNet,
+    model: RetinaNet | TwoStageDetector,
     params: DetectorParams,
     data: DetectorData,
     prepared: Prepared,
@@ -282,31 +346,47 @@ def train_detector(
     on_epoch_end: EpochFn | None = None,
     desc: str = "detector",
 ) -> FitResult:
-    """Train `model` on `train_ids`, validate on `val_ids` each epoch; `model` ends with
-    the best epoch's weights. `identity` is what a resumable checkpoint must match."""
+    """Train `model` (either family) on `train_ids`, validate on `val_ids` each epoch; `model`
+    ends with the best epoch's weights. `identity` is what a resumable checkpoint must match."""
     size = params.image_size
-    warn_unmatchable(training_box_sizes(prepared, train_ids, size), model.config.anchors, params.loss.fg_iou)
+    settings = family_settings(params, family_of(model))
+    if settings.positives_only:  # 1st place: the two-stage detectors saw positive images only
+        with_boxes = set(prepared.boxes["image_id"])
+        train_ids = [image_id for image_id in train_ids if image_id in with_boxes]
+        if not train_ids:
+            raise CxrdetError("detector.two_stage.positives_only: no training image has boxes")
     augment = detector_augmentation(BoxAugmentSettings(**params.augment.model_dump(exclude={"enabled"})))
     labels = data.image_labels
     train_set = DetectionDataset(
         CachedImages(prepared, train_ids), prepared.images, prepared.boxes, labels.loc[list(train_ids)].to_numpy(),
-        size, augment if params.augment.enabled else None, params.optim.seed,
+        size, augment if params.augment.enabled else None, settings.optim.seed,
     )
     val_set = DetectionDataset(
         CachedImages(prepared, val_ids), prepared.images, prepared.boxes, labels.loc[list(val_ids)].to_numpy(), size
     )
-    task = DetectionTask(
-        RetinaNetLoss(model.box_coder, loss_config(params)), decode_config(params),
-        monitor=params.monitor, freeze_encoder_epochs=params.freeze_encoder_epochs,
-        global_head=bool(data.image_class_names),
-    )
+    if settings.family == TWO_STAGE:
+        # No anchor warning: the RPN matches every box to its best anchor and the box head regresses again.
+        task: DetectionTask = TwoStageTask(
+            settings.decode, monitor=params.monitor, freeze_encoder_epochs=params.freeze_encoder_epochs
+        )
+        knobs = {
+            "shared": params.model_dump(include={"backbone", "weights", "image_size", "augment", "freeze_encoder_epochs", "monitor"}),
+            "positives_only": settings.positives_only,
+        }
+    else:
+        warn_unmatchable(training_box_sizes(prepared, train_ids, size), model.config.anchors, params.loss.fg_iou)
+        task = DetectionTask(
+            RetinaNetLoss(model.box_coder, loss_config(params)), settings.decode,
+            monitor=params.monitor, freeze_encoder_epochs=params.freeze_encoder_epochs,
+            global_head=bool(data.image_class_names),
+        )
+        knobs = params.model_dump(exclude={"optim", "decode", "tta", "folds", "name", "families", "two_stage"})
     full_identity = {
         "recipe": "detector", "data_hash": prepared.info["data_hash"], "model": model.config.to_dict(),
-        "train_ids": hashlib.sha256("\n".join(train_ids).encode()).hexdigest(),
-        "params": params.model_dump(exclude={"optim", "decode", "tta", "folds", "name"}), **identity,
+        "train_ids": hashlib.sha256("\n".join(train_ids).encode()).hexdigest(), "params": knobs, **identity,
     }
     return fit(
-        model, task, train_set, val_set, optim=params.optim, runtime=runtime.params, device=runtime.device,
+        model, task, train_set, val_set, optim=settings.optim, runtime=runtime.params, device=runtime.device,
         context=runtime.context, checkpoint_dir=checkpoint_dir, identity=json.loads(json.dumps(full_identity, default=str)),
         log=log, on_epoch_end=on_epoch_end, collate_fn=collate_detection, desc=desc,
     )
@@ -324,11 +404,22 @@ def seeded_detector(params: DetectorParams, data: DetectorData, **kwargs: Any) -
     return build_detector(params, len(data.class_names), len(data.image_class_names), **kwargs)
 
 
+def seeded_family(
+    params: DetectorParams, data: DetectorData, family: str, *, tuned_anchors: dict[str, Any] | None = None,
+    tuned_key: str = "anchors.json", weights: dict[str, Any] | None = None,
+) -> RetinaNet | TwoStageDetector:
+    """A fresh detector of `family`; the tuned anchors are the RetinaNet's (the RPN has its own)."""
+    if family == TWO_STAGE:
+        seed_everything(params.two_stage.optim.seed)
+        return build_two_stage(params, len(data.class_names), weights)
+    return seeded_detector(params, data, tuned_anchors=tuned_anchors, tuned_key=tuned_key, weights=weights)
+
+
 # ---------------------------------------------------------------- predictions and their scores
 
 
 def predict_detector(
-    model: RetinaNet,
+    model: RetinaNet | TwoStageDetector,
     params: DetectorParams,
     data: DetectorData,
     prepared: Prepared,
@@ -336,16 +427,19 @@ def predict_detector(
     runtime: Runtime,
     fold: int,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(boxes, images) prediction tables (cxrdet.infer.detector_tta) over every TTA view."""
+    """(boxes, images) prediction tables (cxrdet.infer.detector_tta) over every TTA view; the
+    `model` column is the family's name (the two-stage has no global head: no p_ columns)."""
+    settings = family_settings(params, family_of(model))
     views = detection_views(params.tta.hflip, params.tta.scales)
     predictions = predict_views(
         model, CachedImages(prepared, image_ids), size=params.image_size, views=views,
-        decode_config=decode_config(params), batch_size=params.tta.batch_size, device=runtime.device,
+        decode_config=settings.decode, batch_size=params.tta.batch_size, device=runtime.device,
         runtime=runtime.params, context=runtime.context,
     )
+    has_head = settings.family == RETINANET
     return prediction_tables(
-        predictions, image_ids, prepared.images, params.image_size, fold=fold, model=params.name,
-        image_classes=data.image_class_names, positive=data.positive,
+        predictions, image_ids, prepared.images, params.image_size, fold=fold, model=settings.name,
+        image_classes=data.image_class_names if has_head else (), positive=data.positive if has_head else (),
     )
 
 

@@ -1,0 +1,218 @@
+"""The MLflow model registry: versions, aliases, the promotion gate, rollback.
+
+Aliases, never stages (deprecated): a new version gets `challenger`; `champion` moves to a
+version only when its holdout metric beats the champion's by `min_delta` on the same
+holdout (version tag cxrdet.holdout_hash), or when a user forces it. Every move of
+`champion` is appended to the registered model's tag cxrdet.champion_history (aliases keep
+no history), which `rollback` walks back; each version's tag cxrdet.gate says why it was or
+was not promoted. Users load `models:/<name>@champion`; `resolve` turns an alias into the
+version it points to now, so what is loaded is a fixed version.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cxrdet.errors import CxrdetError
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+HISTORY_TAG = "cxrdet.champion_history"  # registered model: champion versions, oldest first
+HISTORY_KEEP = 200  # entries kept (tag values are bounded in size)
+METRIC_TAG = "cxrdet.metric"  # version: the name of its gate metric (rsna_score, map40)
+HOLDOUT_TAG = "cxrdet.holdout_hash"  # version: the images and data its metric was scored on
+GATE_TAG = "cxrdet.gate"  # version: the last promotion decision about it, and why
+METRIC_PREFIX = "metric."  # version: metric.<name> = holdout value
+ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)$")
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    reason: str
+
+
+def client() -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient()
+
+
+def register_version(name: str, model_uri: str, tags: Mapping[str, str]) -> Any:
+    """A new version of `name` (created if needed) from a logged model, tagged, aliased
+    `challenger`; returns the ModelVersion."""
+    import mlflow
+
+    version = mlflow.register_model(model_uri, name, tags=dict(tags))
+    client().set_registered_model_alias(name, CHALLENGER, version.version)
+    return version
+
+
+def version_tags(metrics: Mapping[str, Any], metric: str, identity: Mapping[str, str]) -> dict[str, str]:
+    """Tags of a new version: its numeric holdout metrics, which one gates, and `identity`
+    (holdout hash, data hash, params hash, git commit)."""
+    numeric = {
+        f"{METRIC_PREFIX}{key}": repr(float(value))
+        for key, value in metrics.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
+    return {**numeric, METRIC_TAG: metric, **identity}
+
+
+def champion(name: str) -> Any | None:
+    """The ModelVersion aliased `champion`, or None."""
+    aliases = _registered(name).aliases
+    return client().get_model_version(name, aliases[CHAMPION]) if CHAMPION in aliases else None
+
+
+def gate(name: str, version: str, min_delta: float) -> Decision:
+    """Whether `version` should become champion: it beats the champion's holdout metric by
+    at least `min_delta` (and by more than nothing) on the same holdout."""
+    candidate = _version(name, version)
+    current = champion(name)
+    if current is None:
+        return Decision(True, f"version {version} is the first champion of {name}")
+    if str(current.version) == str(candidate.version):
+        return Decision(False, f"version {version} is already the champion")
+    metric = candidate.tags.get(METRIC_TAG)
+    if metric is None or metric != current.tags.get(METRIC_TAG):
+        return Decision(False, f"version {version} is scored by {metric}, champion version {current.version} "
+                               f"by {current.tags.get(METRIC_TAG)}: not comparable")
+    here, there = candidate.tags.get(HOLDOUT_TAG), current.tags.get(HOLDOUT_TAG)
+    if here is None or here != there:
+        return Decision(False, f"version {version} was scored on another holdout than champion version "
+                               f"{current.version} ({HOLDOUT_TAG} {here} vs {there}); not comparable")
+    new, old = score(candidate), score(current)
+    if new is None:
+        return Decision(False, f"version {version} has no holdout {metric}")
+    if old is None:
+        return Decision(True, f"{metric} {new:.4f}; champion version {current.version} has none")
+    gain = new - old
+    if gain > 0 and gain >= min_delta:
+        return Decision(True, f"{metric} {new:.4f} beats champion version {current.version}'s {old:.4f} "
+                              f"by {gain:.4f} (min_delta {min_delta:g})")
+    return Decision(False, f"{metric} {new:.4f} does not beat champion version {current.version}'s {old:.4f} "
+                           f"by min_delta {min_delta:g} (gain {gain:+.4f})")
+
+
+def score(version: Any) -> float | None:
+    """The version's holdout value of its gate metric (None: not scored, or NaN)."""
+    text = version.tags.get(f"{METRIC_PREFIX}{version.tags.get(METRIC_TAG)}")
+    value = None if text is None else float(text)
+    return None if value is None or value != value else value
+
+
+def decide(name: str, version: str, decision: Decision) -> None:
+    """Record `decision` on the version and, when it promotes, move `champion` there."""
+    if decision.promote:
+        set_champion(name, version)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    verdict = "promoted" if decision.promote else "not promoted"
+    client().set_model_version_tag(name, version, GATE_TAG, f"{stamp} {verdict}: {decision.reason}")
+
+
+def promote(name: str, version: str, min_delta: float, force: bool = False) -> Decision:
+    """`cxrdet registry promote`: the gate's checks, unless `force`."""
+    _version(name, version)
+    decision = Decision(True, "forced by the user") if force else gate(name, version, min_delta)
+    decide(name, version, decision)
+    return decision
+
+
+def set_champion(name: str, version: str) -> None:
+    history = champion_history(name)
+    client().set_registered_model_alias(name, CHAMPION, str(version))
+    client().set_registered_model_tag(name, HISTORY_TAG, ",".join([*history, str(version)][-HISTORY_KEEP:]))
+
+
+def champion_history(name: str) -> list[str]:
+    text = _registered(name).tags.get(HISTORY_TAG, "")
+    return [v for v in text.split(",") if v]
+
+
+def rollback(name: str) -> tuple[str, str]:
+    """Move `champion` back to the version that held it before the current one; returns
+    (from, to). The current champion's entry leaves the history, so rolling back again
+    goes one further back."""
+    current = champion(name)
+    if current is None:
+        raise CxrdetError(f"{name}: no champion to roll back")
+    history = champion_history(name)
+    while history and history[-1] == str(current.version):
+        history.pop()
+    if not history:
+        raise CxrdetError(f"{name}: version {current.version} is the only champion there has been; nothing to roll back to")
+    previous = history[-1]
+    _version(name, previous)
+    client().set_registered_model_alias(name, CHAMPION, previous)
+    client().set_registered_model_tag(name, HISTORY_TAG, ",".join(history))
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    client().set_model_version_tag(name, previous, GATE_TAG, f"{stamp} champion again: rollback from version {current.version}")
+    return str(current.version), previous
+
+
+def list_versions(name: str) -> list[dict[str, Any]]:
+    """Every version of `name`, newest first: version, aliases, gate metric and score,
+    the other holdout metrics, identity tags and the last gate decision."""
+    registered = _registered(name)
+    aliases: dict[str, list[str]] = {}
+    for alias, version in registered.aliases.items():
+        aliases.setdefault(str(version), []).append(alias)
+    rows = []
+    for version in client().search_model_versions(f"name = '{name}'"):
+        tags = version.tags
+        rows.append({
+            "version": int(version.version),
+            "aliases": sorted(aliases.get(str(version.version), [])),
+            "metric": tags.get(METRIC_TAG),
+            "score": score(version),
+            "metrics": {k[len(METRIC_PREFIX):]: float(v) for k, v in tags.items() if k.startswith(METRIC_PREFIX)},
+            "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(version.creation_timestamp / 1000)),
+            "tags": {k: v for k, v in tags.items() if k.startswith("cxrdet.") and k not in (METRIC_TAG, GATE_TAG)},
+            "gate": tags.get(GATE_TAG),
+        })
+    return sorted(rows, key=lambda row: -row["version"])
+
+
+def resolve(uri: str) -> tuple[str, str | None]:
+    """(`models:/<name>/<version>`, a note saying which version the alias meant) for an
+    alias URI `models:/<name>@<alias>`; any other URI as it is, without a note."""
+    match = ALIAS_URI.match(uri)
+    if match is None:
+        return uri, None
+    name, alias = match["name"], match["alias"]
+    aliases = _registered(name).aliases
+    if alias not in aliases:
+        raise CxrdetError(f"{uri}: {name} has no alias {alias!r} (aliases: {dict(aliases) or 'none'})")
+    version = str(aliases[alias])
+    return f"models:/{name}/{version}", f"{uri} -> version {version}"
+
+
+def _registered(name: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client().get_registered_model(name)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        import mlflow
+
+        raise CxrdetError(
+            f"no registered model {name!r} in {mlflow.get_tracking_uri()}; run `dvc repro register` first"
+        ) from None
+
+
+def _version(name: str, version: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    _registered(name)
+    try:
+        return client().get_model_version(name, str(version))
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise CxrdetError(f"{name} has no version {version}") from None
