@@ -175,7 +175,7 @@ def _child(sender: Any, function: Callable[..., Any], args: tuple, kwargs: dict)
         result = function(*args, **kwargs)
         seconds = time.perf_counter() - start
         sender.send(("ok", {"result": result, "seconds": seconds,
-                            "peak_rss_mb": _peak_rss_mb(),
+                            "peak_rss_mb": peak_rss_mb(),
                             "children_peak_rss_mb": _maxrss_mb(resource.RUSAGE_CHILDREN)}))
     except BaseException:  # noqa: BLE001 - the parent reports it
         sender.send(("error", traceback.format_exc()))
@@ -183,17 +183,39 @@ def _child(sender: Any, function: Callable[..., Any], args: tuple, kwargs: dict)
         sender.close()
 
 
-def _peak_rss_mb() -> float:
+def peak_rss_mb() -> float:
     """This process's peak RSS. On Linux /proc/self/status VmHWM: getrusage's ru_maxrss
     survives exec, so a spawned child would report at least the RSS its parent had when it
     forked; VmHWM belongs to the new address space and starts from zero."""
+    return _vm_hwm_mb("self") or _maxrss_mb(resource.RUSAGE_SELF)
+
+
+def descendants_peak_rss_mb() -> float | None:
+    """The largest peak RSS among this process's live descendants (e.g. a server and its
+    workers); None where /proc is missing (not Linux)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (name)": state, ppid, ...
+        except OSError:
+            continue  # ended while we looked
+        parents[int(stat.parent.name)] = int(fields[1])
+    descendants, frontier = set(), {os.getpid()}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - descendants
+        descendants |= frontier
+    peaks = [peak for pid in descendants if (peak := _vm_hwm_mb(str(pid))) is not None]
+    return max(peaks, default=None)
+
+
+def _vm_hwm_mb(pid: str) -> float | None:
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return _maxrss_mb(resource.RUSAGE_SELF)
+    return None
 
 
 def _maxrss_mb(who: int) -> float:

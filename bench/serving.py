@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from common import Report, Row, arguments, emit
+from common import Report, Row, arguments, descendants_peak_rss_mb, emit, peak_rss_mb
 
 from cxrdet.config import Params, validate_params
 from cxrdet.data.sources.synthetic import DemoSpec, synthesize
@@ -134,8 +134,11 @@ def main() -> None:
                 served.append(time.perf_counter() - start)
                 if status != 200:
                     sys.exit(f"the server answered {status}: {body}")
+            server_rss = descendants_peak_rss_mb()  # the server's worker holds the model
+        in_process_rss = peak_rss_mb()  # this process: the loaded model and its predictions
     rows = [
-        Row(f"{name} latency, 1 image", server, in_process, "ms", ratio=server / in_process, target="~1.0x")
+        Row(f"{name} latency, 1 image", server, in_process, "ms", ratio=server / in_process, target="~1.0x",
+            ours_rss_mb=server_rss, baseline_rss_mb=in_process_rss)
         for name, server, in_process in zip(("p50", "p95"), percentiles(served), percentiles(local))
     ]
     context = (f"one {size} px DICOM per request ({frame['image'].str.len().iloc[0] / 1e6:.2f} MB base64), {requests} "

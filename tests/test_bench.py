@@ -66,6 +66,19 @@ def _fail(message: str) -> None:
     raise ValueError(message)
 
 
+def test_descendants_peak_rss_sees_a_child_process_memory():
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; block = bytearray(300 * 2**20); print(flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        holder.stdout.readline()  # allocated
+        assert common.descendants_peak_rss_mb() >= 250
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_in_child_names_the_failure():
     with pytest.raises(RuntimeError, match="(?s)_fail failed in its spawned process.*ValueError: no such image"):
         common.in_child(_fail, "no such image")
