@@ -126,6 +126,7 @@ def test_summary_averages_views_and_models_per_image():
 
 def test_classifier_folds_must_exist_in_the_split(project_root):
     raw = demo_params(project_root)
+    raw["split"]["folds"] = 4
     raw["classifier"]["folds"] = [0, 4]
     with pytest.raises(
         ConfigError, match=r"classifier: .*folds \[4\] do not exist: split.folds=4 makes folds 0-3"
