@@ -35,14 +35,20 @@ def run_statuses(root: Path) -> dict[str, str]:
         return dict(db.execute("SELECT name, status FROM runs").fetchall())
 
 
-def test_sigterm_marks_the_stage_run_killed_and_leaves_no_run_running(tmp_path):
+def start_sleepy_stage(root: Path) -> subprocess.Popen:
+    """The STAGE script in its own process, returned once its nested run is open."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    process = subprocess.Popen([sys.executable, "-c", STAGE, str(tmp_path)], env=env, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, "-c", STAGE, str(root)], env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not (tmp_path / "started").exists():
+    while not (root / "started").exists():
         assert process.poll() is None, process.stderr.read()
         assert time.monotonic() < deadline, "the stage never started"
         time.sleep(0.2)
+    return process
+
+
+def test_sigterm_marks_the_stage_run_killed_and_leaves_no_run_running(tmp_path):
+    process = start_sleepy_stage(tmp_path)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 128 + signal.SIGTERM
     statuses = run_statuses(tmp_path)
@@ -51,13 +57,7 @@ def test_sigterm_marks_the_stage_run_killed_and_leaves_no_run_running(tmp_path):
 
 
 def test_a_sigkilled_stage_run_is_closed_as_killed_by_the_next_stage_run(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    process = subprocess.Popen([sys.executable, "-c", STAGE, str(tmp_path)], env=env, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (tmp_path / "started").exists():
-        assert process.poll() is None, process.stderr.read()
-        assert time.monotonic() < deadline, "the stage never started"
-        time.sleep(0.2)
+    process = start_sleepy_stage(tmp_path)
     process.kill()  # SIGKILL: the stage cannot close its runs
     process.wait(timeout=60)
     assert run_statuses(tmp_path) == {"sleepy": "RUNNING", "trial-0": "RUNNING"}
