@@ -161,7 +161,8 @@ def test_a_fold_stage_killed_mid_training_resumes_on_the_next_repro(clone, tmp_p
     metrics = root / "results/detector/folds/fold1/metrics.json"
     uninterrupted = json.loads(metrics.read_text())
     checkpoint = root / "models/checkpoints/train_detector@1/retinanet/last.pt"  # <stage>/<family>/
-    stage = ["dvc", "repro", "--single-item", "train_detector@1"]
+    # --no-run-cache: DVC would otherwise restore this stage's earlier, complete result.
+    stage = ["dvc", "repro", "--single-item", "--no-run-cache", "train_detector@1"]
     # SIGTERM first (the stage closes its own run), then SIGKILL (it cannot: the next run does).
     for attempt, (signum, extra) in enumerate(((signal.SIGTERM, ["--force"]), (signal.SIGKILL, []))):
         seen = checkpoint.stat().st_mtime_ns if checkpoint.exists() else None
