@@ -161,13 +161,13 @@ def test_a_fold_stage_killed_mid_training_resumes_on_the_next_repro(clone, tmp_p
     metrics = root / "results/detector/folds/fold1/metrics.json"
     uninterrupted = json.loads(metrics.read_text())
     checkpoint = root / "models/checkpoints/train_detector@1/retinanet/last.pt"  # <stage>/<family>/
-    # --no-run-cache: DVC would otherwise restore this stage's earlier, complete result.
-    stage = ["dvc", "repro", "--single-item", "--no-run-cache", "train_detector@1"]
+    # --force: this fold finished before, so DVC would check its cached result out instead of running.
+    stage = ["dvc", "repro", "--single-item", "--force", "train_detector@1"]
     # SIGTERM first (the stage closes its own run), then SIGKILL (it cannot: the next run does).
-    for attempt, (signum, extra) in enumerate(((signal.SIGTERM, ["--force"]), (signal.SIGKILL, []))):
+    for attempt, signum in enumerate((signal.SIGTERM, signal.SIGKILL)):
         seen = checkpoint.stat().st_mtime_ns if checkpoint.exists() else None
         with open(tmp_path / f"attempt{attempt}.log", "w") as log:
-            process = subprocess.Popen([*stage, *extra], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(stage, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 600
         while not (checkpoint.exists() and checkpoint.stat().st_mtime_ns != seen):  # an epoch ended
             assert process.poll() is None, (tmp_path / f"attempt{attempt}.log").read_text()[-3000:]
