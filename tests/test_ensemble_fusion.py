@@ -36,19 +36,13 @@ def boxes_of(frame: pd.DataFrame) -> np.ndarray:
     return frame[["x", "y", "w", "h", "score"]].to_numpy(dtype=np.float64)
 
 
+# Fusion over views keeps the other key columns, then the box.
+FUSED_COLUMNS = ["image_id", "fold", "model", "x", "y", "w", "h", "score", "class_id"]
+
+
 def test_vote_merge_averages_by_confidence_and_scales_by_votes():
     fused = fuse_boxes(AGREED, "vote")
-    assert list(fused.columns) == [
-        "image_id",
-        "fold",
-        "model",
-        "x",
-        "y",
-        "w",
-        "h",
-        "score",
-        "class_id",
-    ]
+    assert list(fused.columns) == FUSED_COLUMNS
     # x = (0.8*10 + 0.4*12) / 1.2, w = (0.8*20 + 0.4*18) / 1.2,
     # confidence = (0.8*0.8 + 0.4*0.4) / 1.2 = 2/3, votes 2 of 2 views;
     # the lone box: confidence 0.5 x votes 1/2.
@@ -222,17 +216,7 @@ def test_soft_nms_decays_overlapping_scores():
 
 def test_no_boxes_give_an_empty_table():
     fused = fuse_boxes(AGREED.iloc[:0], "vote")
-    assert fused.empty and list(fused.columns) == [
-        "image_id",
-        "fold",
-        "model",
-        "x",
-        "y",
-        "w",
-        "h",
-        "score",
-        "class_id",
-    ]
+    assert fused.empty and list(fused.columns) == FUSED_COLUMNS
 
 
 @pytest.mark.parametrize(
