@@ -7,6 +7,8 @@ out-of-fold and holdout scores at that threshold, holdout_rsna_score (their mean
 fold models), each view's out-of-fold score, and the trivial baseline's scores (the
 training boxes' mean box in every image). Draws results/detector/holdout.png: holdout
 X-rays with truth (green) and the best fold model's predicted (red) boxes. Both go to MLflow.
+With detector_final.enabled, `final`: each family's final model (train_detector_final) on the
+holdout at the same out-of-fold threshold, beside the fold models' holdout scores.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from cxrdet.errors import CxrdetError, exit_code_of
 from cxrdet.io import write_json
 from cxrdet.paths import project_root
 from cxrdet.tracking.runs import log_numeric, stage_run
-from cxrdet.train.detector import draw_overlay, family_settings, folds_report
+from cxrdet.train.detector import draw_overlay, family_settings, folds_report, truth_boxes, view_rsna
 
 
 def main() -> None:
@@ -43,6 +45,12 @@ def main() -> None:
                                               for part in ("oof", "holdout")))
         for name in names
     }
+    if params.detector_final.enabled:  # the final models on the holdout, at the folds' out-of-fold threshold
+        final = pd.read_parquet(root / "results/detector/final/holdout_boxes.parquet")
+        truth = truth_boxes(prepared, split.loc[split["fold"] == HOLDOUT, "image_id"].tolist())
+        for name, other in reports.items():
+            score = view_rsna(truth, final[final["model"] == name], threshold=other.threshold)[0]
+            other.metrics["final"] = {"holdout_rsna_score": score}
     report = reports[names[0]]
     if len(names) > 1:
         report.metrics["models"] = {name: dict(other.metrics) for name, other in reports.items()}

@@ -2,9 +2,13 @@
 
 Runs the predictor `cxrdet predict` serves (cxrdet.infer.predictor) on the holdout's raw
 image files: every fold classifier and detector with their TTA views, the recipe of
-results/tuning/ensemble.json (its fold fusion is params' `ensemble.fold_fusion`). Writes
+results/tuning/ensemble.json (its fold fusion is params' `ensemble.fold_fusion`); with
+detector_final.enabled, the final detectors of train_detector_final instead of the fold
+detectors (metrics.json "detectors": final | folds). Writes
 results/evaluate/:
-    metrics.json     rsna_score (or map40), auc (classifiers' P(opacity)), and `ablation`:
+    metrics.json     rsna_score and map40 (VinBigData: map40, and rsna_score when tuned for
+                     it), "objective"/"metric": what tune_ensemble maximised (its metric
+                     first), auc (classifiers' P(opacity)), and `ablation` in that metric:
                      each fold model alone, no TTA, no gating, no shrink, each fusion
                      method, the untuned recipe, side by side; with two detector families,
                      each family alone and both fused by each fusion method
@@ -31,7 +35,6 @@ from cxrdet.evaluation import (
     Holdout,
     ablations,
     auc,
-    finite_or_none,
     overlay_grid,
     plot_curves,
     precision_recall,
@@ -41,7 +44,7 @@ from cxrdet.evaluation import (
 )
 from cxrdet.infer.predictor import EnsemblePredictor, LoadedImages, project_spec
 from cxrdet.io import write_csv, write_json
-from cxrdet.metrics.competition import metric_name
+from cxrdet.metrics.competition import metric_name, resolve_objective
 from cxrdet.paths import project_root, resolve
 from cxrdet.submission import write_folder_submission, write_rsna_submission, write_vinbigdata_submission
 from cxrdet.tracking.runs import log_numeric, stage_run
@@ -76,17 +79,18 @@ def main() -> None:
             holdout = Holdout(
                 predictor.predict_members(loaded), prepared.boxes[prepared.boxes["image_id"].isin(image_ids)],
                 image_ids, prepared.info["format"], predictor.class_names,
+                objective=predictor.spec.source.get("objective", "auto"),  # what tune_ensemble maximised
             )
             metrics = report(root / OUT, params, prepared, predictor, holdout, loaded)
             log_numeric({k: v for k, v in metrics.items() if k != "ablation"})
             log_numeric({name: row["score"] for name, row in metrics["ablation"].items() if row["score"] is not None},
-                        prefix=f"ablation.{metric_name(holdout.fmt)}.")
+                        prefix=f"ablation.{metric_name(holdout.fmt, holdout.objective)}.")
             for name in ("metrics.json", "submission.csv", "truth.csv", "threshold.csv", "pr.csv", *PLOTS):
                 mlflow.log_artifact(str(root / OUT / name))
     finally:
         stop_runtime()
-    score = metrics[metric_name(holdout.fmt)]
-    print(f"holdout {metric_name(holdout.fmt)} {'n/a' if score is None else f'{score:.4f}'} (AUC {metrics['auc']}) "
+    score = metrics[metrics["metric"]]
+    print(f"holdout {metrics['metric']} {'n/a' if score is None else f'{score:.4f}'} (AUC {metrics['auc']}) "
           f"over {len(image_ids)} images; ablation: "
           + ", ".join(f"{k} {v['score']}" for k, v in metrics["ablation"].items()) + f" -> {OUT}")
 
@@ -109,14 +113,17 @@ def report(
     command = (f"cxrdet evaluate --format {layout} --truth {OUT}/truth.csv --submission {OUT}/submission.csv"
                + (" --no-fuse-readers" if fmt == "vinbigdata" else ""))  # the truth file's boxes are prepare's
 
-    metric, truth = metric_name(fmt), holdout.opacity_truth()
+    metric, truth = metric_name(fmt, holdout.objective), holdout.opacity_truth()
     probabilities = done.probabilities.reindex(ids)
     untuned = EnsembleRecipe.from_params(params.ensemble.model_dump(), key="ensemble")
     metrics = {
-        metric: finite_or_none(holdout.score(final)),
+        **holdout.metrics(final),  # the objective's metric first, then the other (rsna_score, map40)
+        "objective": resolve_objective(fmt, holdout.objective),
+        "metric": metric,
         "auc": auc(truth, probabilities["opacity"]),
         "n_images": len(ids),
         "n_boxes": len(final),
+        "detectors": "final" if params.detector_final.enabled else "folds",  # train_detector_final's or the folds'
         "recipe_source": predictor.spec.source.get("source"),
         "evaluate_command": command,
         "ablation": ablations(holdout, predictor.recipe, untuned),

@@ -8,7 +8,7 @@ import mlflow
 
 from cxrdet.config import load_params
 from cxrdet.data.prepare import PrepareOptions, prepare_dataset
-from cxrdet.errors import exit_code_of
+from cxrdet.errors import ConfigError, exit_code_of
 from cxrdet.paths import project_root
 from cxrdet.tracking.runs import log_numeric, stage_run
 
@@ -19,7 +19,9 @@ def main() -> None:
     name = parser.parse_args().dataset
     root = project_root()
     params = load_params(root / "params.yaml")
-    dataset = getattr(params.data, name)
+    dataset = getattr(params.data, name, None)
+    if dataset is None:
+        raise ConfigError(f"data.{name}: not in params.yaml, nothing to prepare")
     options = PrepareOptions(
         image_size=params.prepare.image_size,
         workers=params.prepare.workers,

@@ -2,7 +2,8 @@
 detector's, with detector.weights: pretrain).
 
 pretrain.source nih: train it on data.pretrain (15 sigmoid outputs); file: import a
-weights file (strict key check); imagenet: timm's ImageNet weights (a download).
+weights file (strict key check); imagenet: timm's ImageNet weights (a download); none:
+seeded random weights (training from scratch). Only nih reads data/prepared/pretrain.
 Writes models/pretrained/<backbone>.pt and results/pretrain/metrics.json (per-label AUCs).
 """
 
@@ -22,6 +23,7 @@ from cxrdet.paths import project_root
 from cxrdet.tracking.runs import log_numeric, stage_run
 from cxrdet.train.classifier import pretrain_backbone, pretrain_summary
 from cxrdet.train.runtime import start_runtime, stop_runtime
+from cxrdet.train.seed import seed_everything
 
 CHECKPOINTS = "models/checkpoints/pretrain"
 
@@ -87,6 +89,10 @@ def main() -> None:
                         pretrained_path=root / origin["file"],
                         param_key=f"pretrain.weights.{backbone}",
                     )
+                elif pretrain.source == "none":  # from scratch: seeded random weights
+                    origin["seed"] = pretrain.optim.seed
+                    seed_everything(pretrain.optim.seed)
+                    body = create_backbone(backbone, param_key=keys[backbone])
                 else:
                     body = create_backbone(
                         backbone,

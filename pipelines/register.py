@@ -1,6 +1,7 @@
 """DVC stage `register`: the evaluated ensemble into the MLflow model registry.
 
-Logs the ensemble (every fold model, the tuned recipe, the preprocessing) as one MLflow
+Logs the ensemble (every fold model, or with detector_final.enabled the final detectors
+with the fold classifiers; the tuned recipe, the preprocessing) as one MLflow
 pyfunc model from code (cxrdet.serving), loads it back and checks that its predictions on
 `register.check_images` holdout images equal the evaluate stage's submission, then
 registers a new version of `register.model_name` (e.g. cxrdet-rsna) tagged with its holdout
@@ -51,7 +52,8 @@ def main() -> None:
         raise CxrdetError(f"{metrics_file}: not found; run `dvc repro evaluate` first")
     metrics = json.loads(metrics_file.read_text())
     fmt = prepared.info["format"]
-    metric, name = metric_name(fmt), params.register.name_for(fmt)
+    # The champion is judged by the metric tune_ensemble maximised (evaluate records it).
+    metric, name = metrics.get("metric", metric_name(fmt)), params.register.name_for(fmt)
     identity = identity_tags(root, params, prepared, holdout)
     spec = project_spec(root)
     paths = raw_paths(root, params, prepared, holdout)
@@ -101,6 +103,7 @@ def identity_tags(root: Path, params: Params, prepared: Prepared, holdout: list[
         "cxrdet.git_commit": commit,
         "cxrdet.git_dirty": str(dirty).lower(),
         "cxrdet.format": prepared.info["format"],
+        "cxrdet.detectors": "final" if params.detector_final.enabled else "folds",  # train_detector_final's or the folds'
     }
 
 

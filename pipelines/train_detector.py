@@ -26,21 +26,9 @@ from cxrdet.data.datasets import read_prepared
 from cxrdet.data.folds import HOLDOUT
 from cxrdet.errors import ConfigError, CxrdetError, exit_code_of
 from cxrdet.io import write_json, write_parquet
-from cxrdet.models.retinanet import RetinaNet, save_detector
-from cxrdet.models.two_stage import save_two_stage
 from cxrdet.paths import project_root
 from cxrdet.tracking.runs import log_numeric, stage_run
-from cxrdet.train.detector import (
-    backbone_source,
-    detector_data,
-    family_settings,
-    predict_detector,
-    seeded_family,
-    train_detector,
-    truth_boxes,
-    view_rsna,
-    weights_identity,
-)
+from cxrdet.train.detector import backbone_source, detector_data, train_families, truth_boxes, view_rsna
 from cxrdet.train.runtime import start_runtime, stop_runtime
 
 ANCHORS = "results/tuning/anchors.json"
@@ -85,43 +73,30 @@ def main() -> None:
             weights = backbone_source(detector, root / "models/pretrained", params.pretrain.allow_download)
             parts: dict[str, list[tuple[pd.DataFrame, pd.DataFrame]]] = {"oof": [], "holdout": []}
             scores: dict[str, dict[str, float]] = {}
-            for family in detector.families:
-                settings = family_settings(detector, family)
-                child = mlflow.start_run(
+            trained = train_families(
+                detector, data, prepared, ids, runtime, fold=fold, validate="oof", predict=list(parts),
+                model_dir=root / "models/detector" / f"fold{fold}", checkpoint_dir=checkpoints, weights=weights,
+                tuned_anchors=tuned, tuned_key=ANCHORS,
+                family_run=lambda settings: mlflow.start_run(
                     run_name=f"{stage}/{settings.name}", nested=True,
                     tags={**tags, "cxrdet.stage": "train_detector", "cxrdet.model": settings.name},
-                ) if main_process else nullcontext()
-                with child:
-                    model = seeded_family(detector, data, family, tuned_anchors=tuned, tuned_key=ANCHORS, weights=weights)
-                    result = train_detector(
-                        model, detector, data, prepared, ids["train"], ids["oof"], runtime, checkpoints / settings.name,
-                        identity={"fold": fold, "weights": weights_identity(weights)},
-                        log=(lambda values, step: log_numeric(values, step=step)) if main_process else None,
-                        desc=f"{settings.name} fold {fold}",
-                    )
-                    tables = {part: predict_detector(model, detector, data, prepared, ids[part], runtime, fold) for part in parts}
-                    if not main_process:
-                        continue
-                    for part, table in tables.items():
-                        parts[part].append(table)
-                    config = {
-                        "fold": fold, "name": settings.name, "family": family, "image_size": detector.image_size,
-                        "class_names": data.class_names, "positive": data.positive if isinstance(model, RetinaNet) else [],
-                        "image_class_names": data.image_class_names if isinstance(model, RetinaNet) else [],
-                        "decode": settings.decode.__dict__, "best_epoch": result.best_epoch,
-                        f"best_val_{detector.monitor}": result.best_score,
-                    }
-                    save = save_detector if isinstance(model, RetinaNet) else save_two_stage
-                    save(root / "models/detector" / f"fold{fold}" / settings.model_file, model, config)
-                    oof_score, threshold = view_rsna(truth_boxes(prepared, ids["oof"]), tables["oof"][0])
-                    holdout_score, _ = view_rsna(truth_boxes(prepared, ids["holdout"]), tables["holdout"][0], threshold=threshold)
-                    scores[settings.name] = {
-                        "best_epoch": result.best_epoch, f"best_val_{detector.monitor}": result.best_score,
-                        "oof_rsna_score": oof_score, "oof_rsna_threshold": threshold, "holdout_rsna_score": holdout_score,
-                    }
-                    log_numeric(scores[settings.name])
-                    print(f"fold {fold}: out-of-fold RSNA {oof_score:.4f} ({settings.name}, original view, "
-                          f"score >= {threshold}), holdout {holdout_score:.4f}")
+                ) if main_process else nullcontext(),
+                log=(lambda values, step: log_numeric(values, step=step)) if main_process else None,
+                desc=f"fold {fold}",
+            )
+            for done in trained:  # the main process only, each inside its family's nested run
+                name, tables, result = done.settings.name, done.tables, done.result
+                for part, table in tables.items():
+                    parts[part].append(table)
+                oof_score, threshold = view_rsna(truth_boxes(prepared, ids["oof"]), tables["oof"][0])
+                holdout_score, _ = view_rsna(truth_boxes(prepared, ids["holdout"]), tables["holdout"][0], threshold=threshold)
+                scores[name] = {
+                    "best_epoch": result.best_epoch, f"best_val_{detector.monitor}": result.best_score,
+                    "oof_rsna_score": oof_score, "oof_rsna_threshold": threshold, "holdout_rsna_score": holdout_score,
+                }
+                log_numeric(scores[name])
+                print(f"fold {fold}: out-of-fold RSNA {oof_score:.4f} ({name}, original view, "
+                      f"score >= {threshold}), holdout {holdout_score:.4f}")
             if main_process:
                 for part, tables in parts.items():
                     write_parquet(pd.concat([boxes for boxes, _ in tables], ignore_index=True), results / f"{part}_boxes.parquet")

@@ -1,10 +1,11 @@
 """DVC stage `tune_anchors`: the detector's anchors, searched by Optuna over short proxy trainings.
 
 Writes results/tuning/anchors.json: {"anchors": {"sizes", "scales", "ratios"}, "source", ...},
-which every `train_detector@<fold>` reads. With tune_anchors.enabled false it holds
-params' detector.anchors as they are. The study lives in results/tuning/anchors.journal
-(or tune_anchors.study.storage): a killed run resumes, and more workers may join it by
-running this script again in parallel (each needs the same params).
+which every `train_detector@<fold>` reads, and the proxy score of params' detector.anchors
+(`configured_<monitor>`) beside the best tuned one (`best_<monitor>`), also logged to MLflow.
+With tune_anchors.enabled false it holds params' detector.anchors as they are. The study lives
+in results/tuning/anchors.journal (or tune_anchors.study.storage): a killed run resumes, and more
+workers may join it by running this script again in parallel (each needs the same params).
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ def main() -> None:
     split = pd.read_parquet(root / "data/split/folds.parquet")
     train_ids = split.loc[(split["fold"] != tune.fold) & (split["fold"] != HOLDOUT), "image_id"].tolist()
     val_ids = split.loc[split["fold"] == tune.fold, "image_id"].tolist()
+    # A declared DVC out (persist: the study resumes from it), so it must exist after every run,
+    # also when the study is off or lives in an RDB; an empty file is an empty Optuna journal.
+    (root / JOURNAL).parent.mkdir(parents=True, exist_ok=True)
+    (root / JOURNAL).touch()
     runtime = start_runtime(params.train)
     try:
         with stage_run(
@@ -50,8 +55,11 @@ def main() -> None:
                     root / JOURNAL, root / "models/pretrained", params.pretrain.allow_download,
                 )
                 anchors, summary = result.anchors, result.summary
-                log_numeric({f"best_{detector.monitor}": summary[detector.monitor], "best_bpr": summary["bpr"],
-                             "trials": summary["trials"]})
+                # configured_<monitor> (params' anchors) beside best_<monitor> (the best tuned)
+                scores = (f"configured_{detector.monitor}", f"best_{detector.monitor}")
+                keys = ("trials", "budget", *scores)
+                log_numeric({key: summary[key] for key in keys} | {"bpr": summary["bpr"]})
+                mlflow.set_tag("cxrdet.anchors", "configured" if summary["configured"] else "tuned")
             else:
                 _, strides = pyramid_levels(create_detector_backbone(detector.backbone).feature_info, detector.p2)
                 anchors, summary = resolve_anchors(detector.anchors, strides, None, OUT), {"source": "params"}
@@ -59,6 +67,11 @@ def main() -> None:
             mlflow.log_artifact(str(root / OUT))
     finally:
         stop_runtime()
+    if tune.enabled:
+        metric, best = detector.monitor, summary[f"best_{detector.monitor}"]
+        print(f"anchors: {metric} {summary[f'configured_{metric}']:.4f} configured, "
+              f"{'-' if best is None else f'{best:.4f}'} best tuned; kept the "
+              f"{'configured' if summary['configured'] else 'tuned'} (min_gain {tune.min_gain})")
     print(f"anchors ({summary['source']}): sizes {anchors.sizes}, scales {anchors.scales}, ratios {anchors.ratios} -> {OUT}")
 
 

@@ -2,7 +2,9 @@
 searched by Optuna on the cached out-of-fold predictions; no network runs.
 
 Writes results/tuning/ensemble.json: {"recipe": <params' `ensemble` shape>, "source",
-"metric", <metric>, "untuned", "trials", ...}, which `evaluate` and `cxrdet predict` read.
+"objective" (map or rsna: tune_ensemble.objective resolved for the data's format, also the
+MLflow param `objective`), "metric", <metric>, "untuned", "trials", ...}, which `evaluate`
+and `cxrdet predict` read.
 With tune_ensemble.enabled false it holds params' `ensemble` as it is. The study lives in
 results/tuning/ensemble.journal (or tune_ensemble.study.storage): a killed run resumes,
 and more workers may join it by running this script again in parallel. Its history,
@@ -20,7 +22,7 @@ from cxrdet.data.datasets import read_prepared
 from cxrdet.ensemble import EnsembleRecipe
 from cxrdet.errors import ConfigError, CxrdetError, exit_code_of
 from cxrdet.io import write_json
-from cxrdet.metrics.competition import metric_name
+from cxrdet.metrics.competition import metric_name, resolve_objective
 from cxrdet.paths import project_root
 from cxrdet.tracking.runs import log_numeric, stage_run
 from cxrdet.tuning.ensemble import TuningData, read_fold_predictions, score_recipe, tune_ensemble, write_study_plots
@@ -52,22 +54,25 @@ def main() -> None:
         image_ids=image_ids, fmt=prepared.info["format"],
         class_names={v.name: labels for v in params.classifier.variants if v.target == "label"},
     )
-    metric = metric_name(data.fmt)
+    objective = resolve_objective(data.fmt, tune.objective)
+    metric = metric_name(data.fmt, objective)
     with stage_run(
         "tune_ensemble", root=root, experiment=params.tracking.experiment,
         params={"tune_ensemble": tune.model_dump(), "ensemble": params.ensemble.model_dump()},
         tags={"cxrdet.dataset": "detect", "cxrdet.data_hash": prepared.info["data_hash"]},
         tracking_uri=params.tracking.tracking_uri,
     ):
+        mlflow.log_params({"objective": objective, "objective_metric": metric})
         if tune.enabled:
             result = tune_ensemble(data, base, tune, root / JOURNAL)
             recipe, summary, study = result.recipe, result.summary, result.study
         else:
             try:
-                value, error = score_recipe(data, base), None
+                value, error = score_recipe(data, base, objective), None
             except CxrdetError as failure:
                 value, error = None, str(failure)
-            recipe, summary = base, {"source": "params", "metric": metric, metric: value, "untuned": {metric: value, "error": error}}
+            recipe, summary = base, {"source": "params", "objective": objective, "metric": metric, metric: value,
+                                     "untuned": {metric: value, "error": error}}
             study = optuna.create_study(study_name="tune_ensemble disabled")  # in memory: plots say why they are empty
         write_json({"recipe": recipe.to_dict(), **summary}, root / OUT)
         write_study_plots(study, root / HTML, {kind: root / path for kind, path in PNGS.items()})

@@ -53,6 +53,8 @@ def test_pretrain_provides_the_detector_backbone():
         ({"fold": 9}, r"tune_anchors: .*folds \[9\] do not exist"),
         ({"pruner": {"name": "random"}}, r"tune_anchors\.pruner\.name"),
         ({"trials": 0}, r"tune_anchors\.trials: Input should be greater than or equal to 1"),
+        ({"budget_fraction": 0}, r"tune_anchors\.budget_fraction: Input should be greater than 0"),
+        ({"val_subset": -1}, r"tune_anchors\.val_subset: Input should be greater than or equal"),
     ],
 )
 def test_bad_anchor_search_params_name_the_key(tune, message):

@@ -33,6 +33,8 @@ def tiny_params(folds: int) -> dict:
     params["detector"]["optim"] |= {"epochs": 2, "batch_size": 4}
     params["detector"]["tta"] |= {"hflip": True, "scales": [1.0, 1.2], "batch_size": 4}
     params["tune_anchors"] |= {"enabled": True, "trials": 3, "epochs": 2, "subset": 12, "min_bpr": 0.5}
+    # all of the tiny fold's validation images; no budget: 20% of 2 epochs holds no trial
+    params["tune_anchors"] |= {"val_subset": 0, "budget_fraction": None}
     params["tune_anchors"]["pruner"] |= {"name": "median", "startup_trials": 1, "warmup_epochs": 0}
     return params
 

@@ -119,13 +119,16 @@ def project(demo_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_tune_ensemble_writes_the_recipe_plots_and_nested_trial_runs(project):
     tuned = json.loads((project / "results/tuning/ensemble.json").read_text())
     assert {"recipe", "source", "metric", "rsna_score", "untuned", "trials"} <= set(tuned)
+    assert tuned["objective"] == "rsna" and tuned["metric"] == "rsna_score"  # tune_ensemble.objective auto, RSNA data
     assert tuned["rsna_score"] >= tuned["untuned"]["rsna_score"]
     for name in ("ensemble_study.html", "ensemble_history.png", "ensemble_importances.png", "ensemble_parallel.png"):
         assert (project / "results/tuning" / name).stat().st_size > 0
     with sqlite3.connect(project / "mlruns" / "mlflow.db") as db:
         (parent,) = db.execute("SELECT run_uuid FROM runs WHERE name = 'tune_ensemble'").fetchall()
         children = db.execute("SELECT COUNT(*) FROM tags WHERE key = 'mlflow.parentRunId' AND value = ?", parent).fetchone()[0]
+        logged = dict(db.execute("SELECT key, value FROM params WHERE run_uuid = ?", parent).fetchall())
     assert children == 5
+    assert logged["objective"] == "rsna" and logged["tune_ensemble.objective"] == "auto"
     run(project, *stage("tune_ensemble.py"))  # resumes the finished study: no new trial
     with sqlite3.connect(project / "mlruns" / "mlflow.db") as db:
         assert db.execute("SELECT COUNT(*) FROM runs WHERE name LIKE 'trial-%'").fetchone()[0] == 5
@@ -134,7 +137,8 @@ def test_tune_ensemble_writes_the_recipe_plots_and_nested_trial_runs(project):
 def test_evaluate_numbers_equal_cxrdet_evaluate_on_its_submission(project):
     out = project / "results/evaluate"
     metrics = json.loads((out / "metrics.json").read_text())
-    assert {"rsna_score", "auc", "ablation", "evaluate_command"} <= set(metrics)
+    assert {"rsna_score", "map40", "auc", "ablation", "evaluate_command"} <= set(metrics)
+    assert metrics["objective"] == "rsna" and metrics["metric"] == "rsna_score"  # what tune_ensemble maximised
     assert {"ensemble", "fold0", "fold1", "no_tta", "no_gating", "no_shrink", "fusion_vote", "fusion_wbf", "fusion_nms",
             "fusion_soft_nms", "fusion_soft_nms_linear", "untuned"} <= set(metrics["ablation"])
     assert metrics["ablation"]["ensemble"]["score"] == metrics["rsna_score"]

@@ -20,9 +20,10 @@ import pandas as pd
 
 from cxrdet.ensemble import FUSERS, EnsembleRecipe, Fusion, Gating, MemberPredictions, apply_recipe
 from cxrdet.errors import CxrdetError
+from cxrdet.infer.detector_tta import FINAL_FOLD
 from cxrdet.io import atomic_path
 from cxrdet.metrics import binary_metrics, iou_xywh
-from cxrdet.metrics.competition import competition_score
+from cxrdet.metrics.competition import competition_score, metric_name, reported_objectives
 from cxrdet.metrics.vinbigdata import NO_FINDING
 from cxrdet.viz import sample_grid
 
@@ -40,9 +41,17 @@ class Holdout:
     image_ids: list[str]
     fmt: str
     class_names: Mapping[str, Sequence[str]]  # classifier model -> classes of its probs
+    objective: str = "auto"  # the metric tuned (tune_ensemble.objective): ablation and curves use it
 
-    def score(self, boxes: pd.DataFrame) -> float:
-        return competition_score(self.fmt, self.truth, boxes, self.image_ids)
+    def score(self, boxes: pd.DataFrame, objective: str | None = None) -> float:
+        """The metric of `objective` (default: the holdout's) of `boxes`."""
+        return competition_score(self.fmt, self.truth, boxes, self.image_ids, objective or self.objective)
+
+    def metrics(self, boxes: pd.DataFrame) -> dict[str, float | None]:
+        """Every metric evaluate reports (on folder data mAP@0.4 and the RSNA score), by name,
+        the objective's first; None where undefined."""
+        return {metric_name(self.fmt, name): finite_or_none(self.score(boxes, name))
+                for name in reported_objectives(self.fmt, self.objective)}
 
     def final(self, recipe: EnsembleRecipe, members: MemberPredictions | None = None) -> pd.DataFrame:
         return apply_recipe(self.members if members is None else members, recipe, self.class_names).boxes
@@ -63,7 +72,8 @@ def ablations(holdout: Holdout, recipe: EnsembleRecipe, untuned: EnsembleRecipe 
     models = sorted(holdout.members.images["model"].unique().tolist())
     # name -> (recipe, fold models kept or None: all, detector models kept or None: all)
     variants: dict[str, tuple[EnsembleRecipe, list[int] | None, list[str] | None]] = {"ensemble": (recipe, None, None)}
-    variants |= {f"fold{k}": (recipe, [k], None) for k in folds}
+    # Final detectors (FINAL_FOLD: stage train_detector_final) have no fold: "ensemble" is them alone.
+    variants |= {f"fold{k}": (recipe, [k], None) for k in folds if k != FINAL_FOLD}
     variants["no_tta"] = (recipe.with_changes(detector_views=("original",), classifier_views=1), None, None)
     variants["no_gating"] = (recipe.with_changes(gating=Gating("none", {})), None, None)
     variants["no_shrink"] = (recipe.with_changes(shrink=1.0), None, None)

@@ -5,8 +5,8 @@
 
 --model / --run-dir: a registered model (models:/<name>@<alias> or models:/<name>/<version>,
 from the project's MLflow store or MLFLOW_TRACKING_URI; an alias is resolved to its version
-first), any MLflow model URI or directory, a project after `dvc repro` (its fold models,
-results/tuning/ensemble.json and the prepared cache settings) or a model directory holding
+first), any MLflow model URI or directory, a project after `dvc repro` (its fold models, or
+with detector_final.enabled its final detectors and fold classifiers; results/tuning/ensemble.json and the prepared cache settings) or a model directory holding
 predictor.json. Every DICOM, PNG or JPEG under --input is one image; its id is its file name
 without extension (RSNA: the patientId). Images are decoded and windowed as `prepare`
 cached the training images.

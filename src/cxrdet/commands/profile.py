@@ -2,6 +2,8 @@
 
 The merge keeps params.yaml's comments and order (ruamel round trip) and validates the
 result before writing; `git checkout params.yaml` returns to the demo profile.
+A dataset set to null in the profile (e.g. `data: {pretrain: null}`) is removed: dvc.yaml's
+`prepare` runs one stage per entry of `data` and cannot skip a null one.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ def run_apply(args: argparse.Namespace) -> int:
     yaml.preserve_quotes = True
     document = yaml.load(args.params.read_text())
     merge_into(document, override)
+    datasets = document.get("data")
+    for name in [key for key, value in (datasets or {}).items() if value is None]:
+        del datasets[name]
     buffer = io.StringIO()
     yaml.dump(document, buffer)
     text = buffer.getvalue()

@@ -30,6 +30,7 @@ from cxrdet.config.detector import (
     BoxAugmentParams,
     CountRange,
     DecodeParams,
+    DetectorFinalParams,
     DetectorLossParams,
     DetectorParams,
     DetectorTtaParams,
@@ -63,7 +64,7 @@ from cxrdet.errors import ConfigError
 __all__ = [
     "AnchorParams", "AnchorSearchParams", "BoxAugmentParams", "ClassifierParams",
     "ClassifierVariant", "CountRange", "DataParams", "DatasetFormat", "DatasetParams",
-    "DecodeParams", "DetectorLossParams", "DetectorParams", "DetectorTtaParams",
+    "DecodeParams", "DetectorFinalParams", "DetectorLossParams", "DetectorParams", "DetectorTtaParams",
     "EnsembleParams", "EnsembleSearchParams", "FusionParams", "GatingParams", "OptimParams",
     "Params", "PrepareParams", "PretrainParams", "PrunerParams", "RegisterParams", "ScheduleParams", "SearchRange",
     "Section", "ShrinkRange", "SplitParams", "StudyParams", "SynthesizeParams", "TrackingParams",
@@ -87,6 +88,7 @@ class Params(Section):
     classifier: ClassifierParams
     pretrain: PretrainParams = PretrainParams()
     detector: DetectorParams = DetectorParams()
+    detector_final: DetectorFinalParams = DetectorFinalParams()
     tune_anchors: TuneAnchorsParams = TuneAnchorsParams()
     ensemble: EnsembleParams = EnsembleParams()
     tune_ensemble: TuneEnsembleParams = TuneEnsembleParams()
@@ -105,6 +107,18 @@ class Params(Section):
     def _tuning_fold_exists(cls, tune: TuneAnchorsParams, info: ValidationInfo) -> TuneAnchorsParams:
         _check_fold(info, [tune.fold])
         return tune
+
+    @field_validator("pretrain")
+    @classmethod
+    def _nih_needs_its_data(cls, pretrain: PretrainParams, info: ValidationInfo) -> PretrainParams:
+        data = info.data.get("data")  # absent when `data` itself failed validation
+        if pretrain.source == "nih" and data is not None and data.pretrain is None:
+            raise ValueError(
+                "source 'nih' trains on data.pretrain, which is missing: add data.pretrain "
+                "{format: nih, raw_dir: <NIH ChestX-ray14 folder>} or set pretrain.source to "
+                "file, imagenet or none"
+            )
+        return pretrain
 
     @model_validator(mode="after")
     def _weights_cover_backbones(self) -> Params:

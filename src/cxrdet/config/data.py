@@ -42,10 +42,11 @@ class DatasetParams(Section):
 
 
 class DataParams(Section):
-    """`detect` feeds the detectors and classifiers; `pretrain` the NIH-style pretraining."""
+    """`detect` feeds the detectors and classifiers; `pretrain` the NIH-style pretraining,
+    needed only with pretrain.source nih (dvc.yaml runs prepare@<name> for each entry)."""
 
     detect: DatasetParams
-    pretrain: DatasetParams
+    pretrain: DatasetParams | None = None  # absent or null: no NIH data (pretrain.source not nih)
 
 
 class PrepareParams(Section):

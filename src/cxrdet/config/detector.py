@@ -164,6 +164,22 @@ class DetectorParams(Section):
         return self
 
 
+class DetectorFinalParams(Section):
+    """Stage train_detector_final: after cross-validation, every family of detector.families trained
+    once more on every non-holdout image (no validation split: the last epoch is kept). Enabled,
+    evaluate, register and `cxrdet predict` use these final models instead of the fold models (one
+    model per family and image: no fold fusion); tune_ensemble stays on the folds' out-of-fold
+    predictions. A section of its own (not under `detector`): switching it retrains no fold."""
+
+    enabled: bool = False  # false: the stage only writes a marker and everything uses the fold models
+    # Epochs of every family's final training; null: per family, as its folds trained: the folds' mean
+    # best epoch (rounded up) when their optimisation followed the validation score (optim.patience > 0
+    # or a plateau schedule: the epoch count they really needed; without validation a plateau schedule
+    # never lowers the rate), else optim.epochs (a fixed schedule: the same learning-rate curve the
+    # folds were validated on, each epoch k/(k-1) as many images).
+    epochs: int | None = Field(None, ge=1)
+
+
 class SearchRange(Range):
     low: float = Field(gt=0.0)
     high: float = Field(gt=0.0)
@@ -210,6 +226,12 @@ class TuneAnchorsParams(Section):
     fold: int = Field(0, ge=0)  # validation fold of the proxy trainings
     epochs: int = Field(2, ge=1)  # per proxy training
     subset: int = Field(0, ge=0)  # training images per proxy training; 0: all of the fold's training images
+    # Validation images per proxy training: whole patients drawn with study.seed, so a patient's
+    # images stay together; 0: all of the fold's.
+    val_subset: int = Field(0, ge=0)
+    # Bound on the search: its worst case (every trial runs all its epochs), in image passes, at
+    # most this fraction of one fold's training; trials beyond it are not run. null: no bound.
+    budget_fraction: float | None = Field(0.2, gt=0.0)
     min_bpr: float = Field(0.95, ge=0.0, le=1.0)  # prune before training below this best possible recall
     # Tuned anchors replace the configured ones (trial 0) only when they score this much more:
     # short proxy trainings are noisy.

@@ -59,8 +59,10 @@ class PretrainParams(Section):
 
     # nih: train on data.pretrain (NIH format, 14 findings + abnormal = 15 sigmoid outputs);
     # file: import `weights` (files you `dvc add`ed under models/imported/);
-    # imagenet: timm's ImageNet weights (a download: needs allow_download).
-    source: Literal["nih", "file", "imagenet"] = "nih"
+    # imagenet: timm's ImageNet weights (a download: needs allow_download);
+    # none: randomly initialised backbones (seeded by optim.seed): classifiers train from scratch.
+    # Only nih reads data.pretrain; the others need no NIH data (remove data.pretrain).
+    source: Literal["nih", "file", "imagenet", "none"] = "nih"
     imagenet_init: bool = False  # source nih: start NIH training from ImageNet weights (a download)
     allow_download: bool = False  # nothing is ever downloaded unless this is true
     weights: dict[str, str] = {}  # source file: {timm backbone name: path}

@@ -11,7 +11,10 @@ the ensemble stage:
 
 boxes: one row per kept box of one image in one view
     image_id  str     the prepared image id
-    fold      int     the fold whose model predicted it (the fold it was validated on)
+    fold      int     the fold whose model predicted it (the fold it was validated on);
+                      FINAL_FOLD (-1, the split's holdout fold) for the final model of stage
+                      train_detector_final, trained on every other fold: no fold was left out
+                      for it, only the holdout is unseen
     model     str     the detector's name (params `detector.name`), unique per family/variant
     view      str     "original", "hflip", "scale0.8", "hflip_scale1.2", ...
     x, y      float   top-left corner, ORIGINAL image pixels
@@ -48,6 +51,7 @@ from cxrdet.train.distributed import DistContext
 from cxrdet.train.inference import predict_dataset
 
 ORIGINAL = "original"
+FINAL_FOLD = -1  # the final model's `fold`: the split's HOLDOUT, the only images it did not see
 KEY_COLUMNS = ["image_id", "fold", "model", "view"]
 BOX_COLUMNS = [*KEY_COLUMNS, "x", "y", "w", "h", "score", "class_id"]
 

@@ -5,7 +5,10 @@ Per image: decode (DICOM, PNG, JPEG) and window exactly as `prepare` cached it
 (cxrdet.data.images.read_image + resize_square, the cache's own settings), run every fold
 classifier over its TTA views and every fold detector (each family of detector.families)
 over its TTA views, then cxrdet.ensemble.apply_recipe: view fusion, fold fusion (which also
-merges the families), shrink, gating, cut. Boxes come back in original pixels.
+merges the families), shrink, gating, cut. Boxes come back in original pixels. With
+detector_final.enabled the detectors are instead the final models of stage
+train_detector_final (one per family, trained on every non-holdout image): an image has one
+model per family, so there is no fold fusion (it only merges the families, if several).
 
 A model directory holds predictor.json (the PredictorSpec: preprocessing, TTA settings,
 dataset format and classes, the recipe, the model files relative to it) and the model
@@ -26,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cxrdet.config import TrainParams, load_params
+from cxrdet.config import Params, TrainParams, load_params
 from cxrdet.data.cache import SETTINGS_FILE, resize_square
 from cxrdet.data.images import IMAGE_SUFFIXES, read_image
 from cxrdet.ensemble import Ensembled, EnsembleRecipe, MemberPredictions, apply_recipe
@@ -42,6 +45,8 @@ from cxrdet.train.device import select_device
 
 SPEC_FILE = "predictor.json"
 ENSEMBLE_FILE = "results/tuning/ensemble.json"
+FINAL_DIR = "models/detector/final"  # stage train_detector_final: a model file per family and its marker
+FINAL_MARKER = "final.json"  # {"enabled": ...}: written whether or not detector_final is enabled
 
 
 @dataclass(frozen=True)
@@ -87,10 +92,24 @@ def project_spec(root: Path) -> PredictorSpec:
         detector_tta={"hflip": tta.hflip, "scales": list(tta.scales), "batch_size": tta.batch_size},
         recipe=tuned["recipe"],
         classifiers=[f"models/classifier/fold{k}/{v.name}.pt" for k in classifier.folds for v in classifier.variants],
-        detectors=[f"models/detector/fold{k}/{MODEL_FILES[family]}" for k in params.detector.folds
-                   for family in params.detector.families],
-        source={key: tuned[key] for key in ("source", "study", "trial", "metric") if key in tuned},
+        detectors=final_detectors(root, params) if params.detector_final.enabled else [
+            f"models/detector/fold{k}/{MODEL_FILES[family]}" for k in params.detector.folds
+            for family in params.detector.families],
+        source={key: tuned[key] for key in ("source", "study", "trial", "objective", "metric") if key in tuned},
     )
+
+
+def final_detectors(root: Path, params: Params) -> list[str]:
+    """The final model of every family of detector.families (detector_final.enabled: they replace
+    the fold models); CxrdetError naming the stage when train_detector_final has not written them."""
+    marker = root / FINAL_DIR / FINAL_MARKER
+    files = [f"{FINAL_DIR}/{MODEL_FILES[family]}" for family in params.detector.families]
+    written = json.loads(marker.read_text()) if marker.is_file() else {}
+    missing = [name for name in files if not (root / name).is_file()]
+    if not written.get("enabled") or missing:
+        raise CxrdetError(f"{marker}: detector_final.enabled is true but the final models {missing or files} are not "
+                          "trained; run `dvc repro train_detector_final`")
+    return files
 
 
 def load_spec(directory: Path) -> PredictorSpec:

@@ -3,7 +3,9 @@
 `train_detector` trains one detector of either family (RetinaNet, two-stage) through
 `cxrdet.train.loop.fit` (validation by the RSNA score each epoch, best checkpoint,
 resume); `tune_anchors` (RetinaNet) and `train_detector@fold` (every family) use it. Scores are computed on boxes in any one pixel frame: input pixels during
-training, original pixels for the stage metrics.
+training, original pixels for the stage metrics. `train_families` is what the stages
+train_detector@<fold> (validated on the fold) and train_detector_final (every non-holdout
+image, no validation: the last epoch kept) share.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,8 +43,9 @@ from cxrdet.models.retinanet import (
     RetinaNetLoss,
     create_detector_backbone,
     pyramid_levels,
+    save_detector,
 )
-from cxrdet.models.two_stage import TwoStageConfig, TwoStageDetector
+from cxrdet.models.two_stage import TwoStageConfig, TwoStageDetector, save_two_stage
 from cxrdet.train.classifier import classification_targets, file_digest
 from cxrdet.train.distributed import unwrap
 from cxrdet.train.loop import FitResult, fit
@@ -337,7 +341,7 @@ def train_detector(
     data: DetectorData,
     prepared: Prepared,
     train_ids: Sequence[str],
-    val_ids: Sequence[str],
+    val_ids: Sequence[str] | None,
     runtime: Runtime,
     checkpoint_dir: Path,
     *,
@@ -345,11 +349,14 @@ def train_detector(
     log: LogFn | None = None,
     on_epoch_end: EpochFn | None = None,
     desc: str = "detector",
+    epochs: int | None = None,
 ) -> FitResult:
     """Train `model` (either family) on `train_ids`, validate on `val_ids` each epoch; `model`
-    ends with the best epoch's weights. `identity` is what a resumable checkpoint must match."""
+    ends with the best epoch's weights (`val_ids` None: no validation, the last epoch's).
+    `epochs` overrides the family's optim.epochs. `identity` is what a resumable checkpoint must match."""
     size = params.image_size
     settings = family_settings(params, family_of(model))
+    optim = settings.optim if epochs is None else settings.optim.model_copy(update={"epochs": epochs})
     if settings.positives_only:  # 1st place: the two-stage detectors saw positive images only
         with_boxes = set(prepared.boxes["image_id"])
         train_ids = [image_id for image_id in train_ids if image_id in with_boxes]
@@ -361,7 +368,7 @@ def train_detector(
         CachedImages(prepared, train_ids), prepared.images, prepared.boxes, labels.loc[list(train_ids)].to_numpy(),
         size, augment if params.augment.enabled else None, settings.optim.seed,
     )
-    val_set = DetectionDataset(
+    val_set = None if val_ids is None else DetectionDataset(
         CachedImages(prepared, val_ids), prepared.images, prepared.boxes, labels.loc[list(val_ids)].to_numpy(), size
     )
     if settings.family == TWO_STAGE:
@@ -386,7 +393,7 @@ def train_detector(
         "train_ids": hashlib.sha256("\n".join(train_ids).encode()).hexdigest(), "params": knobs, **identity,
     }
     return fit(
-        model, task, train_set, val_set, optim=settings.optim, runtime=runtime.params, device=runtime.device,
+        model, task, train_set, val_set, optim=optim, runtime=runtime.params, device=runtime.device,
         context=runtime.context, checkpoint_dir=checkpoint_dir, identity=json.loads(json.dumps(full_identity, default=str)),
         log=log, on_epoch_end=on_epoch_end, collate_fn=collate_detection, desc=desc,
     )
@@ -443,6 +450,7 @@ def predict_detector(
     )
 
 
+
 def truth_boxes(prepared: Prepared, image_ids: Sequence[str]) -> pd.DataFrame:
     """The prepared boxes of `image_ids` (original pixels)."""
     return prepared.boxes[prepared.boxes["image_id"].isin(image_ids)].reset_index(drop=True)
@@ -456,6 +464,104 @@ def view_rsna(
     if threshold is None:
         return best_threshold(rsna_by_threshold(truth, chosen))[::-1]
     return rsna_score(truth, chosen[chosen["score"] >= threshold]).score, threshold
+
+
+# ---------------------------------------------------------------- every family of a stage
+
+
+@dataclass(frozen=True)
+class TrainedFamily:
+    """One family after `train_families`: its trained model, its model file's config, the fit and
+    its prediction tables by part (boxes, images: the cxrdet.infer.detector_tta contract)."""
+
+    settings: Family
+    model: RetinaNet | TwoStageDetector
+    config: dict[str, Any]
+    result: FitResult
+    tables: dict[str, tuple[pd.DataFrame, pd.DataFrame]]
+
+
+def train_families(
+    params: DetectorParams,
+    data: DetectorData,
+    prepared: Prepared,
+    ids: Mapping[str, Sequence[str]],
+    runtime: Runtime,
+    *,
+    fold: int,
+    validate: str | None,
+    predict: Sequence[str],
+    model_dir: Path,
+    checkpoint_dir: Path,
+    weights: dict[str, Any],
+    tuned_anchors: dict[str, Any] | None = None,
+    tuned_key: str = "anchors.json",
+    epochs: Mapping[str, int] | None = None,
+    family_run: Callable[[Family], AbstractContextManager[Any]] = lambda _: nullcontext(),
+    log: LogFn | None = None,
+    desc: str = "",
+) -> Iterator[TrainedFamily]:
+    """Every family of params' detector.families, one after the other, through the one loop: a
+    fresh seeded model trained on ids["train"], validated on ids[validate] every epoch (best epoch
+    kept; `validate` None: no validation, the last epoch kept; `epochs`: family -> epochs override),
+    resumable from checkpoint_dir/<name>; then its TTA prediction tables of the `predict` parts
+    (their `fold` column: `fold`) and, on the main process, its model file
+    model_dir/<family's model file> (config: fold, name, family, image size, classes, decode,
+    epochs, best epoch when validated). Each family runs inside `family_run(settings)` (e.g. a
+    nested MLflow run) and is yielded there on the main process, so what the caller logs goes to
+    it; other DDP ranks train and predict only."""
+    for family in params.families:
+        settings = family_settings(params, family)
+        with family_run(settings):
+            model = seeded_family(params, data, family, tuned_anchors=tuned_anchors, tuned_key=tuned_key, weights=weights)
+            result = train_detector(
+                model, params, data, prepared, ids["train"], None if validate is None else ids[validate], runtime,
+                checkpoint_dir / settings.name, identity={"fold": fold, "weights": weights_identity(weights)},
+                log=log, desc=f"{settings.name} {desc}".strip(), epochs=(epochs or {}).get(family),
+            )
+            tables = {part: predict_detector(model, params, data, prepared, ids[part], runtime, fold) for part in predict}
+            if not runtime.context.is_main:
+                continue
+            head = settings.family == RETINANET
+            config = {
+                "fold": fold, "name": settings.name, "family": family, "image_size": params.image_size,
+                "class_names": data.class_names, "positive": data.positive if head else [],
+                "image_class_names": data.image_class_names if head else [],
+                "decode": settings.decode.__dict__, "epochs": result.epochs,
+            }
+            if validate is not None:
+                config |= {"best_epoch": result.best_epoch, f"best_val_{params.monitor}": result.best_score}
+            save = save_detector if head else save_two_stage
+            save(model_dir / settings.model_file, model, config)
+            yield TrainedFamily(settings, model, config, result, tables)
+
+
+def final_epochs(optim: OptimParams, best_epochs: Sequence[int], epochs: int | None = None) -> int:
+    """Epochs of a family's final training (params' detector_final.epochs, which says why): `epochs`
+    when given; else the folds' mean best epoch, rounded up, when their optimisation followed the
+    validation score (optim.patience > 0 or a plateau schedule), else optim.epochs. Best epochs of 0
+    (no finite validation score) do not count; none left: optim.epochs."""
+    if epochs is not None:
+        return epochs
+    found = [epoch for epoch in best_epochs if epoch > 0]
+    if not found or not (optim.patience > 0 or optim.schedule.name == "plateau"):
+        return optim.epochs
+    return math.ceil(sum(found) / len(found))
+
+
+def fold_best_epochs(folds_dir: Path, folds: Sequence[int], name: str) -> list[int]:
+    """The best epoch of the model `name` (a family's) of every fold, from the fold stages'
+    metrics.json (results/detector/folds/fold<k>/metrics.json: "models" -> name -> best_epoch)."""
+    found = []
+    for fold in folds:
+        path = Path(folds_dir) / f"fold{fold}" / "metrics.json"
+        if not path.is_file():
+            raise CxrdetError(f"{path}: not found; run `dvc repro train_detector` first")
+        models = json.loads(path.read_text()).get("models", {})
+        if name not in models or "best_epoch" not in models[name]:
+            raise CxrdetError(f"{path}: no best epoch of {name!r}; rerun `dvc repro train_detector@{fold}`")
+        found.append(int(models[name]["best_epoch"]))
+    return found
 
 
 # ---------------------------------------------------------------- the folds together

@@ -81,7 +81,7 @@ def fit(
     model: nn.Module,
     task: Task,
     train_set: Dataset,
-    val_set: Dataset,
+    val_set: Dataset | None,
     *,
     optim: OptimParams,
     runtime: TrainParams,
@@ -95,6 +95,10 @@ def fit(
     desc: str = "train",
 ) -> FitResult:
     """Train `model` in place; on return it holds the best epoch's weights.
+
+    `val_set` None: no validation (a final model on every training image): no best epoch
+    (`best_epoch` 0), no early stopping, a plateau schedule never steps; the last epoch's
+    weights are kept.
 
     Resumes from `checkpoint_dir/last.pt` when it was written for the same `identity` and
     optimisation params; a run that had finished returns at once with its best weights.
@@ -175,19 +179,23 @@ def fit(
             desc=f"{desc} {epoch + 1}/{optim.epochs}",
             check_inputs=epoch == result.epochs,
         )
-        outputs = predict_dataset(
-            model,
-            val_set,
-            task.predict,
-            batch_size=per_rank_batch,
-            device=device,
-            runtime=runtime,
-            context=context,
-            collate_fn=collate_fn,
-            desc=f"{desc} validate",
-        )
-        scores = task.score(outputs)
-        score = float(scores[task.monitor])
+        if val_set is None:
+            scores: dict[str, float] = {}
+            score = math.nan
+        else:
+            outputs = predict_dataset(
+                model,
+                val_set,
+                task.predict,
+                batch_size=per_rank_batch,
+                device=device,
+                runtime=runtime,
+                context=context,
+                collate_fn=collate_fn,
+                desc=f"{desc} validate",
+            )
+            scores = task.score(outputs)
+            score = float(scores[task.monitor])
         step_scheduler(scheduler, score)
 
         result.epochs = epoch + 1
@@ -197,7 +205,8 @@ def fit(
                 save_best(checkpoint_dir, model, epoch + 1, score)
         else:
             bad_epochs += 1
-        result.stopped_early = bool(optim.patience) and bad_epochs >= optim.patience
+        stoppable = bool(optim.patience) and val_set is not None
+        result.stopped_early = stoppable and bad_epochs >= optim.patience
         metrics = {
             "train_loss": train_loss,
             **{f"val_{name}": float(value) for name, value in scores.items()},

@@ -1,5 +1,6 @@
 """Ensemble search: Optuna (seeded TPE) over the ensemble recipe, scored on the cached
-out-of-fold predictions by the dataset's competition metric.
+out-of-fold predictions by the dataset's competition metric, or the metric params'
+`tune_ensemble.objective` names (map: mAP@0.4; rsna: the RSNA score).
 
 No network runs inside a trial: the detector and classifier stages stored every TTA
 view's predictions, and a trial only chooses views, fuses, shrinks, gates and cuts
@@ -10,6 +11,15 @@ The untuned recipe (params' `ensemble`) is scored first and enqueued as trial 0 
 the search space holds it; the study's best recipe replaces it only when it scores at
 least as well. A trial whose recipe leaves no box, or whose inputs it cannot use, fails
 with its reason recorded and the study goes on.
+
+Under plain VOC mAP (objective map on any format but VinBigData) the score thresholds
+(`score_threshold`, the gates' `threshold`) are not searched but kept at their range's low
+end: each is a cut on the final box score, and the boxes a lower cut adds rank below every
+box kept, so they only extend each class's precision-recall curve and cannot lower its
+(all-point) AP; a searched cut would only spend trials. `max_boxes` stays searched: a
+per-image cap drops boxes that can outrank other images' kept ones, so it is no such cut.
+The RSNA score counts every extra box as a false positive, so there both are searched (and
+VinBigData's class-14 rule puts the no-finding box on images the cut empties, so there too).
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ import hashlib
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +43,7 @@ from cxrdet.ensemble import EnsembleRecipe, Fusion, Gating, MemberPredictions, a
 from cxrdet.ensemble.gating import NOT_NORMAL_COLUMN
 from cxrdet.errors import CxrdetError
 from cxrdet.io import atomic_path
-from cxrdet.metrics.competition import competition_score, metric_name
+from cxrdet.metrics.competition import competition_score, metric_name, resolve_objective
 from cxrdet.tuning.study import open_study, run_trials, study_name, trial_reason
 
 COMPLETE, PRUNED, FAIL = TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL
@@ -90,17 +100,18 @@ def read_fold_predictions(
     )
 
 
-def score_recipe(data: TuningData, recipe: EnsembleRecipe) -> float:
-    """The competition metric of `recipe` on the data; TrialFailed when it has no value."""
+def score_recipe(data: TuningData, recipe: EnsembleRecipe, objective: str = "auto") -> float:
+    """The metric of `objective` (tune_ensemble.objective; auto: the format's competition
+    metric) of `recipe` on the data; TrialFailed when it has no value."""
     final = apply_recipe(data.predictions, recipe, data.class_names).boxes
     if final.empty:
         raise TrialFailed(
             f"no box left on {len(data.image_ids)} images (score_threshold {recipe.score_threshold:g}, "
             f"gating {recipe.gating.rule})"
         )
-    value = competition_score(data.fmt, data.truth, final, data.image_ids)
+    value = competition_score(data.fmt, data.truth, final, data.image_ids, objective)
     if not math.isfinite(value):
-        raise TrialFailed(f"{metric_name(data.fmt)} is undefined on these images")
+        raise TrialFailed(f"{metric_name(data.fmt, objective)} is undefined on these images")
     return value
 
 
@@ -128,6 +139,12 @@ class SearchSpace:
     views: list[str]  # the detector's TTA views, the original first
     classifier_views: int  # how many classifier TTA views there are
     rules: list[str]  # the gating rules the data can feed
+    fixed: Mapping[str, Any] = field(default_factory=dict)  # search entries not searched -> their value
+
+    def _value(self, trial: optuna.Trial, name: str, entry: str) -> Any:
+        if entry in self.fixed:
+            return self.fixed[entry]
+        return _suggest(trial, name, getattr(self.search, entry))
 
     def suggest(self, trial: optuna.Trial, base: EnsembleRecipe) -> EnsembleRecipe:
         search, changes = self.search, {}
@@ -139,16 +156,16 @@ class SearchSpace:
             changes["classifier_views"] = trial.suggest_int("classifier_views", 1, self.classifier_views)
         method = trial.suggest_categorical("view_fusion", list(search.view_fusion))
         changes["view_fusion"] = Fusion(method, {
-            name: _suggest(trial, f"view_fusion.{method}.{name}", getattr(search, entry))
+            name: self._value(trial, f"view_fusion.{method}.{name}", entry)
             for name, entry in FUSION_SEARCH[method].items()
         })
         rule = trial.suggest_categorical("gating", self.rules)
         changes["gating"] = Gating(rule, {
-            name: _suggest(trial, f"gating.{rule}.{name}", getattr(search, entry))
+            name: self._value(trial, f"gating.{rule}.{name}", entry)
             for name, entry in GATING_SEARCH[rule].items()
         })
         for name in ("shrink", "score_threshold", "max_boxes"):
-            changes[name] = _suggest(trial, name, getattr(search, name))
+            changes[name] = self._value(trial, name, name)
         return base.with_changes(**changes)
 
     def point(self, recipe: EnsembleRecipe) -> dict[str, Any]:
@@ -168,11 +185,23 @@ class SearchSpace:
             if chosen in offered:
                 point[key] = chosen
                 for name, entry in table[chosen].items():
+                    if entry in self.fixed:
+                        continue
                     if name in params and _clipped(params[name], getattr(search, entry)) is not None:
                         point[f"{key}.{chosen}.{name}"] = _clipped(params[name], getattr(search, entry))
         for name in ("shrink", "score_threshold", "max_boxes"):
-            point[name] = _clipped(getattr(recipe, name), getattr(search, name))
+            if name not in self.fixed:
+                point[name] = _clipped(getattr(recipe, name), getattr(search, name))
         return point
+
+
+def unsearched(fmt: str, objective: str, search: EnsembleSearchParams) -> dict[str, Any]:
+    """The search entries an objective leaves fixed, with their value: under plain VOC mAP the
+    score cuts at their range's low end (a lower cut only appends boxes ranked below every
+    kept one, which cannot lower AP; see the module's docstring), else none."""
+    if resolve_objective(fmt, objective) != "map" or fmt == "vinbigdata":
+        return {}
+    return {"score_threshold": search.score_threshold.low, "gate_threshold": search.gate_threshold.low}
 
 
 def usable_rules(data: TuningData, offered: Sequence[str]) -> list[str]:
@@ -211,20 +240,22 @@ class TuneResult:
 
 
 def tune_ensemble(data: TuningData, base: EnsembleRecipe, tune: TuneEnsembleParams, journal: Path) -> TuneResult:
-    """Run the study (resuming it when it exists) and return the best recipe."""
-    metric = metric_name(data.fmt)
+    """Run the study (resuming it when it exists) and return the best recipe, scored by
+    `tune.objective` (its resolved name is the summary's "objective")."""
+    objective = resolve_objective(data.fmt, tune.objective)
+    metric = metric_name(data.fmt, objective)
     try:
-        untuned, untuned_error = score_recipe(data, base), None
+        untuned, untuned_error = score_recipe(data, base, objective), None
     except CxrdetError as error:  # e.g. params' thresholds drop every box: any trial beats it
         untuned, untuned_error = None, str(error)
     space = SearchSpace(
         tune.search, view_order(data.predictions.images),
         len(view_order(data.predictions.classifier)) if len(data.predictions.classifier) else 0,
-        usable_rules(data, tune.search.gating),
+        usable_rules(data, tune.search.gating), unsearched(data.fmt, objective, tune.search),
     )
     # The fold fusion is no knob of the study (one fold model per image): changing it keeps the study.
     identity = {"inputs": fingerprint(data), "search": tune.search.model_dump(), "rules": space.rules,
-                "base": {k: v for k, v in base.to_dict().items() if k != "fold_fusion"}}
+                "objective": objective, "base": {k: v for k, v in base.to_dict().items() if k != "fold_fusion"}}
     name = study_name("ensemble", identity)
     study = open_study(name, tune.study, journal, optuna.pruners.NopPruner())
     if mlflow.active_run() is not None:
@@ -234,10 +265,10 @@ def tune_ensemble(data: TuningData, base: EnsembleRecipe, tune: TuneEnsemblePara
             warnings.simplefilter("ignore")  # enqueue_trial is experimental in some versions
             study.enqueue_trial(space.point(base), user_attrs={"configured": True})
 
-    def objective(trial: optuna.Trial) -> float:
+    def trial_value(trial: optuna.Trial) -> float:
         recipe = space.suggest(trial, base)
         trial.set_user_attr("recipe", recipe.to_dict())
-        value = score_recipe(data, recipe)
+        value = score_recipe(data, recipe, objective)
         if mlflow.active_run() is not None:
             mlflow.log_metric(metric, value)
         return value
@@ -245,7 +276,7 @@ def tune_ensemble(data: TuningData, base: EnsembleRecipe, tune: TuneEnsemblePara
     # Optuna logs each failed trial with its traceback; the reasons are kept in the study, the
     # MLflow runs and the summary instead.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    run_trials(study, objective, tune.trials, tags={"cxrdet.stage": "tune_ensemble", "optuna.study": name},
+    run_trials(study, trial_value, tune.trials, tags={"cxrdet.stage": "tune_ensemble", "optuna.study": name},
                catch=(CxrdetError,))
     trials = study.get_trials(deepcopy=False)
     counts = {state.name.lower(): sum(t.state == state for t in trials) for state in (COMPLETE, PRUNED, FAIL)}
@@ -263,12 +294,14 @@ def tune_ensemble(data: TuningData, base: EnsembleRecipe, tune: TuneEnsemblePara
     summary = {
         "source": "tune_ensemble" if tuned else "params",
         "study": name,
+        "objective": objective,
         "metric": metric,
         metric: best.value if tuned else untuned,
         "untuned": {metric: untuned, "error": untuned_error},
         "trial": best.number if tuned else None,
         "params": best.params if tuned else {},
         "trials": counts,
+        "unsearched": dict(space.fixed),
         "failed": [{"trial": t.number, "reason": trial_reason(t)} for t in trials if t.state == FAIL][:20],
         "n_images": len(data.image_ids),
         "fold_fusion": "not tuned: out of fold each image has one fold model (ensemble.fold_fusion is used)",

@@ -143,9 +143,10 @@ def trial_reason(trial: optuna.Trial | optuna.trial.FrozenTrial) -> str:
     return str(trial.user_attrs.get("fail_reason", ""))
 
 
-def report_epoch(trial: optuna.Trial, value: float, epoch: int) -> None:
+def report_epoch(trial: optuna.Trial, value: float, epoch: int, *, prune: bool = True) -> None:
     """Report one epoch's validation score, then prune if the pruner says so (PITFALLS: report
-    before should_prune, once per epoch, comparable values)."""
+    before should_prune, once per epoch, comparable values). prune False: report only (a
+    baseline trial whose full score is needed still informs the pruner about later ones)."""
     trial.report(value, epoch)
-    if trial.should_prune():
+    if prune and trial.should_prune():
         raise optuna.TrialPruned(f"pruned at epoch {epoch} (score {value:.4f})")
