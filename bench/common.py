@@ -138,6 +138,7 @@ def emit(report: Report, json_path: Path | None) -> None:
     for note in report.notes:
         print(f"note: {note}")
     if json_path is not None:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(report.to_json(), indent=2) + "\n")
 
 

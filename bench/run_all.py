@@ -3,7 +3,7 @@
     python bench/run_all.py [--quick] [--only prepare metrics ...] [--json OUT]
 
 A bench script is any bench/*.py with a `__main__` block (so not this file, nor
-bench/common.py). Scripts that accept `--json OUT` (they use bench/common.py's `arguments`
+bench/common.py, nor the README renderer bench/readme.py). Scripts that accept `--json OUT` (they use bench/common.py's `arguments`
 and `emit`) join the table: what was measured, our figure, the baseline's figure from the
 same run on the same machine, the ratio, the target and peak RSS where measured. A script
 without `--json` still runs; its own output is printed under the table. A failing script is
@@ -26,11 +26,14 @@ from common import Report, machine, table
 BENCH = Path(__file__).resolve().parent
 
 
+NOT_BENCHES = {Path(__file__).name, "readme.py"}  # tools beside the benchmarks: this runner, the README renderer
+
+
 def scripts(folder: Path = BENCH) -> list[Path]:
-    """The bench scripts in `folder`: *.py files with a __main__ block, except this one."""
+    """The bench scripts in `folder`: *.py files with a __main__ block, except the tools."""
     return sorted(
         path for path in folder.glob("*.py")
-        if path.name != Path(__file__).name and '__name__ == "__main__"' in path.read_text()
+        if path.name not in NOT_BENCHES and '__name__ == "__main__"' in path.read_text()
     )
 
 

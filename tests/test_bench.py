@@ -24,7 +24,8 @@ SCRIPTS = [path.stem for path in run_all.scripts(BENCH)]
 
 def test_every_known_bench_is_discovered():
     assert {"prepare", "metrics", "detector", "tuning"} <= set(SCRIPTS)
-    assert "common" not in SCRIPTS and "run_all" not in SCRIPTS
+    assert "common" not in SCRIPTS and "run_all" not in SCRIPTS and "readme" not in SCRIPTS
+    assert "quality" in SCRIPTS
 
 
 def test_table_shows_ours_baseline_ratio_target_and_rss():

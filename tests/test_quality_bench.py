@@ -83,3 +83,15 @@ def test_stock_detectors_learn_on_cxrdets_batches(parts, kind, offset):
 def test_epochs_follow_the_budget():
     assert quality.epochs_for(100.0, 0.1, 100) == 10
     assert quality.epochs_for(1.0, 0.1, 100) == 1  # at least one epoch
+
+
+def test_folder_cpu_profile_carries_the_benchmarked_recipe(project_root):
+    """profiles/folder-cpu.yaml trains the detector bench/quality.py measured (its knobs, not
+    the budget-derived epochs), so the README's real-data table speaks of what users run."""
+    from cxrdet.config import load_params
+
+    profile = load_params(project_root / "params.yaml", profile=project_root / "profiles/folder-cpu.yaml").detector
+    recipe = quality.recipe_params({})
+    knobs = set(quality.RECIPE) - {"optim", "two_stage"}
+    assert profile.model_dump(include=knobs) == recipe.model_dump(include=knobs)
+    assert profile.optim.model_dump(exclude={"epochs"}) == recipe.optim.model_dump(exclude={"epochs"})

@@ -1,0 +1,34 @@
+"""README's benchmark tables are the committed bench reports' (bench/readme.py): a number
+changed in either place without the other fails here."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+if str(BENCH) not in sys.path:
+    sys.path.append(str(BENCH))
+import common  # noqa: E402
+import readme  # noqa: E402
+
+
+def test_readme_bench_blocks_match_the_committed_reports():
+    text = readme.README.read_text()
+    blocks = readme.BLOCK.findall(text)
+    assert {"quality", "quality-ablations"} <= {match[1] for match in blocks}
+    _, changed = readme.rendered(text)
+    assert not changed, f"stale README bench blocks {changed}: run .venv/bin/python bench/readme.py"
+
+
+def test_a_changed_report_number_is_caught(tmp_path):
+    report = common.Report("demo", "ctx", [common.Row("mAP", 0.5, 0.25, "mAP", target=">= 1.1x")], ["a note"])
+    (tmp_path / "demo.json").write_text(json.dumps(report.to_json()))
+    text = "intro\n<!-- bench:demo -->\nold\n<!-- /bench:demo -->\nrest\n"
+    fresh, changed = readme.rendered(text, tmp_path)
+    assert changed == ["demo"] and "2.00x" in fresh and fresh.endswith("<!-- /bench:demo -->\nrest\n")
+    assert readme.rendered(fresh, tmp_path)[1] == []  # rendered once: in sync
+    report.rows[0].ours = 0.75
+    (tmp_path / "demo.json").write_text(json.dumps(report.to_json()))
+    assert readme.rendered(fresh, tmp_path)[1] == ["demo"]
