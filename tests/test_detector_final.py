@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from worktree import copy_worktree
 import yaml
 
 from cxrdet.config import OptimParams, ScheduleParams, load_params
@@ -136,12 +137,7 @@ def clone(demo_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pat
     from cxrdet.train.detector import detector_data, seeded_detector
 
     root = tmp_path_factory.mktemp("final")
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                            cwd=ROOT, capture_output=True, text=True, check=True).stdout.split("\0")
-    for name in filter(None, listed):
-        if (ROOT / name).is_file():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, root / name)
+    copy_worktree(ROOT, root)
     shutil.copytree(demo_raw, root / "data/raw/demo", dirs_exist_ok=True)
     prepare_project(root / "data/raw/demo", root, folds=2)
     params = tiny_params(Path("data/raw/demo/rsna"))

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from worktree import copy_worktree
 import torch
 import yaml
 
@@ -29,15 +30,7 @@ def own_project(project_root: Path, tmp_path_factory: pytest.TempPathFactory) ->
     """The working tree's tracked and untracked-but-not-ignored files, your own folder data
     `dvc add`ed as data/raw/own, params without data.pretrain, committed in a fresh repository."""
     target = tmp_path_factory.mktemp("own")
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=project_root, capture_output=True, text=True, check=True,
-    ).stdout.split("\0")
-    for name in filter(None, listed):
-        source = project_root / name
-        if source.is_file():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / name)
+    copy_worktree(project_root, target)
     raw = tmp_path_factory.mktemp("raw")
     spec = DemoSpec(
         seed=11, image_size=128, rsna_images=8, vinbigdata_images=8, nih_images=8, folder_images=30

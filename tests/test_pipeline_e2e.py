@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from worktree import copy_worktree
 
 pytestmark = pytest.mark.slow
 
@@ -26,15 +27,7 @@ def run(command: list[str], cwd: Path, env: dict, timeout: int = 1800) -> subpro
 def clone(project_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """Tracked and untracked-but-not-ignored files, committed in a fresh repository."""
     target = tmp_path_factory.mktemp("clone")
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=project_root, capture_output=True, text=True, check=True,
-    ).stdout.split("\0")
-    for name in filter(None, listed):
-        source = project_root / name
-        if source.is_file():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / name)
+    copy_worktree(project_root, target)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "CXRDET_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     env |= {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",

@@ -95,3 +95,14 @@ def test_folder_cpu_profile_carries_the_benchmarked_recipe(project_root):
     knobs = set(quality.RECIPE) - {"optim", "two_stage"}
     assert profile.model_dump(include=knobs) == recipe.model_dump(include=knobs)
     assert profile.optim.model_dump(exclude={"epochs"}) == recipe.optim.model_dump(exclude={"epochs"})
+
+
+PROFILES = sorted(path.name for path in (Path(__file__).resolve().parents[1] / "profiles").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_profile_validates(project_root, profile):
+    from cxrdet.config import load_params
+
+    params = load_params(project_root / "params.yaml", profile=project_root / "profiles" / profile)
+    assert set(params.detector.folds) <= set(range(params.split.folds))

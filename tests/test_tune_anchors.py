@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
+from worktree import copy_worktree
 import yaml
 
 from cxrdet.config import (
@@ -322,14 +322,7 @@ def test_stage_through_dvc_disabled_then_enabled_then_resumed(demo_raw, tmp_path
     from prepared_demo import prepare_project  # a module pytest_plugins loads: imported late
 
     root = tmp_path / "clone"
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    ).stdout.split("\0")
-    for name in filter(None, listed):
-        if (ROOT / name).is_file():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, root / name)
+    copy_worktree(ROOT, root)
     prepare_project(demo_raw, root, folds=2)
     (root / "models/pretrained").mkdir(parents=True)
     # models/pretrained is a dep of the stage; detector.weights none reads nothing from it
