@@ -433,11 +433,14 @@ def main() -> None:
     parser.add_argument("--ablations", action="store_true", help="ours with one recipe change per row (no stock)")
     args = parser.parse_args()
     if not (args.data / "annotations.csv").is_file():
-        raise SystemExit(f"{args.data}: no annotations.csv (the nih-bbox folder; --data or CXRDET_NIH_BBOX)")
+        parser.error(f"{args.data}: no annotations.csv (the nih-bbox folder; --data or CXRDET_NIH_BBOX)")
     budget = args.budget or (40.0 if args.quick else 480.0)
     size = args.size or (128 if args.quick else RECIPE["image_size"])
     overrides = deep_merge({"image_size": size, "optim": {"seed": args.seed}}, parse_sets(args.set))
-    params = recipe_params(overrides)
+    try:
+        params = recipe_params(overrides)
+    except ValueError as error:  # pydantic's ValidationError names the key and what is allowed
+        parser.error(f"--set: {error}")
     with tempfile.TemporaryDirectory(prefix="cxrdet-quality-") as tmp:
         workdir = Path(tmp)
         parts = prepare_parts(args.data, size, workdir / "prepared", args.seed, 120 if args.quick else None)

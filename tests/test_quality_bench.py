@@ -106,3 +106,15 @@ def test_every_profile_validates(project_root, profile):
 
     params = load_params(project_root / "params.yaml", profile=project_root / "profiles" / profile)
     assert set(params.detector.folds) <= set(range(params.split.folds))
+
+
+BAD_ARGUMENTS = [(["--set", "p2=maybe"], "p2"), (["--data", "/nonexistent"], "/nonexistent")]
+
+
+@pytest.mark.parametrize("arguments, named", BAD_ARGUMENTS)
+def test_bad_arguments_exit_2_naming_the_problem(project_root, arguments, named):
+    import subprocess
+
+    completed = subprocess.run([sys.executable, str(BENCH / "quality.py"), *arguments], capture_output=True,
+                               text=True, timeout=120, cwd=project_root)
+    assert completed.returncode == 2 and named in completed.stderr and "Traceback" not in completed.stderr
