@@ -102,12 +102,23 @@ RECIPE: dict[str, Any] = {
     "cls_dropout": 0.0,
     "monitor": "map",
     "global_head": "none",
-    "optim": {"batch_size": 8, "optimizer": "adamw", "lr": 0.001, "weight_decay": 0.0001,
-              "schedule": {"name": "cosine", "warmup_epochs": 1}, "clip_grad_norm": 10.0, "seed": 0},
+    "optim": {
+        "batch_size": 8,
+        "optimizer": "adamw",
+        "lr": 0.001,
+        "weight_decay": 0.0001,
+        "schedule": {"name": "cosine", "warmup_epochs": 1},
+        "clip_grad_norm": 10.0,
+        "seed": 0,
+    },
     "decode": {"score_floor": 0.01, "nms_iou": 0.5, "top_k": 50, "candidates": 1000},
     "tta": {"hflip": False, "scales": [1.0], "batch_size": 16},
-    "two_stage": {"positives_only": False, "proposals": 300, "representation": 256,
-                  "decode": {"score_floor": 0.01, "nms_iou": 0.5, "top_k": 50}},
+    "two_stage": {
+        "positives_only": False,
+        "proposals": 300,
+        "representation": 256,
+        "decode": {"score_floor": 0.01, "nms_iou": 0.5, "top_k": 50},
+    },
 }
 RECIPE["two_stage"]["optim"] = RECIPE["optim"]  # one optimiser setting for every system
 FAMILY_ROWS = {"retinanet": ("RetinaNet", ">= 1.1x"), "two_stage": ("two-stage", ">= 1.0x")}
@@ -151,17 +162,35 @@ class Parts:
 
 def prepare_parts(data: Path, size: int, workdir: Path, seed: int, limit: int | None) -> Parts:
     """The `folder` source's canonical tables and cache, then a patient-grouped split."""
-    prepare_dataset("folder", data, workdir, PrepareOptions(image_size=size, workers=1, sample_grid=0, progress=False))
+    prepare_dataset(
+        "folder",
+        data,
+        workdir,
+        PrepareOptions(image_size=size, workers=1, sample_grid=0, progress=False),
+    )
     prepared = read_prepared(workdir)
     images = prepared.images
     if limit:  # the quick mode's subset: whole patients, seeded
         patients = images["patient_id"].drop_duplicates().sample(frac=1.0, random_state=seed)
-        keep = patients[images.groupby("patient_id").size().loc[patients].cumsum().to_numpy() <= limit]
+        keep = patients[
+            images.groupby("patient_id").size().loc[patients].cumsum().to_numpy() <= limit
+        ]
         images = images[images["patient_id"].isin(keep)]
-    split = make_folds(images, prepared.boxes[prepared.boxes["image_id"].isin(images["image_id"])],
-                       folds=VAL_FOLDS, holdout_fraction=HOLDOUT_FRACTION, seed=seed)
-    ids = {part: split.loc[mask, "image_id"].tolist() for part, mask in (
-        ("train", split["fold"] > 0), ("val", split["fold"] == 0), ("holdout", split["fold"] == HOLDOUT))}
+    split = make_folds(
+        images,
+        prepared.boxes[prepared.boxes["image_id"].isin(images["image_id"])],
+        folds=VAL_FOLDS,
+        holdout_fraction=HOLDOUT_FRACTION,
+        seed=seed,
+    )
+    ids = {
+        part: split.loc[mask, "image_id"].tolist()
+        for part, mask in (
+            ("train", split["fold"] > 0),
+            ("val", split["fold"] == 0),
+            ("holdout", split["fold"] == HOLDOUT),
+        )
+    }
     return Parts(prepared, ids["train"], ids["val"], ids["holdout"])
 
 
@@ -199,8 +228,10 @@ class StockTask(DetectionTask):
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         device = batch["image"].device
-        targets = [{"boxes": b.to(device), "labels": (c + self.label_offset).to(device)}
-                   for b, c in zip(batch["boxes"], batch["labels"])]
+        targets = [
+            {"boxes": b.to(device), "labels": (c + self.label_offset).to(device)}
+            for b, c in zip(batch["boxes"], batch["labels"])
+        ]
         return sum(model(list(batch["image"]), targets).values())
 
     def predict(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
@@ -220,8 +251,14 @@ def stock_retinanet(backbone: str, size: int, classes: int) -> StockRetinaNet:
     on the timm backbone. Inputs arrive normalised: its transform only batches them."""
     sizes = tuple(tuple(s * scale for scale in SCALES) for s in (32, 64, 128, 256, 512))
     return StockRetinaNet(
-        TimmFpn(backbone, 256), num_classes=classes, anchor_generator=AnchorGenerator(sizes, (RATIOS,) * 5),
-        min_size=size, max_size=size, image_mean=[0.0], image_std=[1.0], detections_per_img=50,
+        TimmFpn(backbone, 256),
+        num_classes=classes,
+        anchor_generator=AnchorGenerator(sizes, (RATIOS,) * 5),
+        min_size=size,
+        max_size=size,
+        image_mean=[0.0],
+        image_std=[1.0],
+        detections_per_img=50,
         score_thresh=0.01,
     )
 
@@ -232,9 +269,15 @@ def stock_faster_rcnn(backbone: str, size: int, classes: int) -> StockFasterRCNN
     body = FpnBody(create_detector_backbone(backbone), p2=True, width=256)
     sizes = tuple((8 * stride,) for stride in body.strides)
     return StockFasterRCNN(
-        body, num_classes=classes + 1, rpn_anchor_generator=AnchorGenerator(sizes, (RATIOS,) * len(sizes)),
+        body,
+        num_classes=classes + 1,
+        rpn_anchor_generator=AnchorGenerator(sizes, (RATIOS,) * len(sizes)),
         box_roi_pool=MultiScaleRoIAlign(body.names, output_size=7, sampling_ratio=2),
-        min_size=size, max_size=size, image_mean=[0.0], image_std=[1.0], box_detections_per_img=50,
+        min_size=size,
+        max_size=size,
+        image_mean=[0.0],
+        image_std=[1.0],
+        box_detections_per_img=50,
         box_score_thresh=0.01,
     )
 
@@ -242,7 +285,9 @@ def stock_faster_rcnn(backbone: str, size: int, classes: int) -> StockFasterRCNN
 # ---------------------------------------------------------------- training at a budget
 
 
-def cpu_seconds_per_image(model: nn.Module, task: DetectionTask, dataset: DetectionDataset, batch: int) -> float:
+def cpu_seconds_per_image(
+    model: nn.Module, task: DetectionTask, dataset: DetectionDataset, batch: int
+) -> float:
     """Training CPU seconds per image of a copy of `model` (loss, backward, AdamW step), from 3
     timed batches after a warm-up one: what sets each system's epochs for the same budget. CPU
     time (all threads), not wall time: on a shared machine the wall time swings with the load."""
@@ -263,62 +308,134 @@ def epochs_for(budget_s: float, per_image_s: float, images: int) -> int:
     return max(1, int(budget_s / (per_image_s * images)))
 
 
-def datasets(parts: Parts, params: DetectorParams, augment: Any) -> tuple[DetectionDataset, DetectionDataset]:
+def datasets(
+    parts: Parts, params: DetectorParams, augment: Any
+) -> tuple[DetectionDataset, DetectionDataset]:
     zeros = np.zeros
     prepared = parts.prepared
     return (
-        DetectionDataset(CachedImages(prepared, parts.train), prepared.images, prepared.boxes,
-                         zeros(len(parts.train), np.int64), params.image_size, augment, params.optim.seed),
-        DetectionDataset(CachedImages(prepared, parts.val), prepared.images, prepared.boxes,
-                         zeros(len(parts.val), np.int64), params.image_size),
+        DetectionDataset(
+            CachedImages(prepared, parts.train),
+            prepared.images,
+            prepared.boxes,
+            zeros(len(parts.train), np.int64),
+            params.image_size,
+            augment,
+            params.optim.seed,
+        ),
+        DetectionDataset(
+            CachedImages(prepared, parts.val),
+            prepared.images,
+            prepared.boxes,
+            zeros(len(parts.val), np.int64),
+            params.image_size,
+        ),
     )
 
 
-def train_stock(kind: str, parts: Parts, params: DetectorParams, runtime: Runtime, budget_s: float,
-                workdir: Path) -> tuple[nn.Module, StockTask, int, float]:
+def train_stock(
+    kind: str,
+    parts: Parts,
+    params: DetectorParams,
+    runtime: Runtime,
+    budget_s: float,
+    workdir: Path,
+) -> tuple[nn.Module, StockTask, int, float]:
     from cxrdet.data.box_augment import BoxAugmentSettings, detector_augmentation
 
     classes = len(parts.prepared.info["class_names"])
     torch.manual_seed(params.optim.seed)
-    model = (stock_retinanet if kind == "retinanet" else stock_faster_rcnn)(params.backbone, params.image_size, classes)
+    model = (stock_retinanet if kind == "retinanet" else stock_faster_rcnn)(
+        params.backbone, params.image_size, classes
+    )
     task = StockTask(label_offset=0 if kind == "retinanet" else 1)
-    hflip_only = detector_augmentation(BoxAugmentSettings(shift=0.0, scale_sigma=0.0, rotate_sigma=0.0, shear_sigma=0.0,
-                                                          hflip=0.5, blur=0.0, noise=0.0, gamma=0.0))
+    hflip_only = detector_augmentation(
+        BoxAugmentSettings(
+            shift=0.0,
+            scale_sigma=0.0,
+            rotate_sigma=0.0,
+            shear_sigma=0.0,
+            hflip=0.5,
+            blur=0.0,
+            noise=0.0,
+            gamma=0.0,
+        )
+    )
     train_set, val_set = datasets(parts, params, hflip_only)
-    epochs = epochs_for(budget_s, cpu_seconds_per_image(model, task, train_set, params.optim.batch_size), len(train_set))
+    epochs = epochs_for(
+        budget_s,
+        cpu_seconds_per_image(model, task, train_set, params.optim.batch_size),
+        len(train_set),
+    )
     optim = params.optim.model_copy(update={"epochs": epochs})
     started = time.process_time()
-    fit(model, task, train_set, val_set, optim=optim, runtime=runtime.params, device=runtime.device,
-        checkpoint_dir=workdir / f"stock_{kind}", identity={"bench": f"stock_{kind}"}, collate_fn=collate_detection,
-        desc=f"stock {kind}")
+    fit(
+        model,
+        task,
+        train_set,
+        val_set,
+        optim=optim,
+        runtime=runtime.params,
+        device=runtime.device,
+        checkpoint_dir=workdir / f"stock_{kind}",
+        identity={"bench": f"stock_{kind}"},
+        collate_fn=collate_detection,
+        desc=f"stock {kind}",
+    )
     return model, task, epochs, time.process_time() - started
 
 
-def stock_predictions(model: nn.Module, task: StockTask, parts: Parts, image_ids: list[str], size: int) -> pd.DataFrame:
+def stock_predictions(
+    model: nn.Module, task: StockTask, parts: Parts, image_ids: list[str], size: int
+) -> pd.DataFrame:
     from cxrdet.data.detection import boxes_to_original
     from cxrdet.train.distributed import DistContext
     from cxrdet.train.inference import predict_dataset
 
     prepared = parts.prepared
-    dataset = DetectionDataset(CachedImages(prepared, image_ids), prepared.images, prepared.boxes,
-                               np.zeros(len(image_ids), np.int64), size)
-    outputs = predict_dataset(model, dataset, task.predict, batch_size=16, device=torch.device("cpu"),
-                              runtime=TrainParams(progress=False), context=DistContext(), collate_fn=collate_detection, desc="stock predict")
+    dataset = DetectionDataset(
+        CachedImages(prepared, image_ids),
+        prepared.images,
+        prepared.boxes,
+        np.zeros(len(image_ids), np.int64),
+        size,
+    )
+    outputs = predict_dataset(
+        model,
+        dataset,
+        task.predict,
+        batch_size=16,
+        device=torch.device("cpu"),
+        runtime=TrainParams(progress=False),
+        context=DistContext(),
+        collate_fn=collate_detection,
+        desc="stock predict",
+    )
     owners, boxes, scores, labels = [], [], [], []
     for output in outputs:
-        for index, b, s, c in zip(output["index"].tolist(), output["boxes"], output["scores"], output["labels"]):
+        for index, b, s, c in zip(
+            output["index"].tolist(), output["boxes"], output["scores"], output["labels"]
+        ):
             owners += [image_ids[index]] * len(b)
             boxes.append(b)
             scores.append(s)
             labels.append(c)
     xyxy = np.concatenate(boxes) if boxes else np.zeros((0, 4))
     frame = boxes_to_original(owners, xyxy, prepared.images, size)
-    return frame.assign(score=np.concatenate(scores) if scores else [], class_id=np.concatenate(labels).astype(np.int64)
-                        if labels else [])
+    return frame.assign(
+        score=np.concatenate(scores) if scores else [],
+        class_id=np.concatenate(labels).astype(np.int64) if labels else [],
+    )
 
 
-def train_ours(family: str, parts: Parts, params: DetectorParams, runtime: Runtime, budget_s: float,
-               workdir: Path) -> tuple[nn.Module, int, float, DetectorParams]:
+def train_ours(
+    family: str,
+    parts: Parts,
+    params: DetectorParams,
+    runtime: Runtime,
+    budget_s: float,
+    workdir: Path,
+) -> tuple[nn.Module, int, float, DetectorParams]:
     from cxrdet.data.box_augment import BoxAugmentSettings, detector_augmentation
     from cxrdet.models.retinanet import RetinaNetLoss
     from cxrdet.train.detector import family_settings, loss_config
@@ -327,51 +444,94 @@ def train_ours(family: str, parts: Parts, params: DetectorParams, runtime: Runti
     data = detector_data(prepared, params)
     model = seeded_family(params, data, family)
     # Calibrate the epochs on the training task's loss, as train_detector will run it.
-    augment = detector_augmentation(BoxAugmentSettings(**params.augment.model_dump(exclude={"enabled"})))
+    augment = detector_augmentation(
+        BoxAugmentSettings(**params.augment.model_dump(exclude={"enabled"}))
+    )
     train_set, _ = datasets(parts, params, augment if params.augment.enabled else None)
     settings = family_settings(params, family)
     if family == "retinanet":
-        probe_task = DetectionTask(RetinaNetLoss(model.box_coder, loss_config(params)), settings.decode, global_head=False)
+        probe_task = DetectionTask(
+            RetinaNetLoss(model.box_coder, loss_config(params)), settings.decode, global_head=False
+        )
     else:
         from cxrdet.train.detector import TwoStageTask
 
         probe_task = TwoStageTask(settings.decode)
-    epochs = epochs_for(budget_s, cpu_seconds_per_image(model, probe_task, train_set, settings.optim.batch_size), len(train_set))
+    epochs = epochs_for(
+        budget_s,
+        cpu_seconds_per_image(model, probe_task, train_set, settings.optim.batch_size),
+        len(train_set),
+    )
     key = "optim" if family == "retinanet" else "two_stage"
-    update = {"optim": {"epochs": epochs}} if key == "optim" else {"two_stage": {"optim": {"epochs": epochs}}}
+    update = (
+        {"optim": {"epochs": epochs}}
+        if key == "optim"
+        else {"two_stage": {"optim": {"epochs": epochs}}}
+    )
     params = DetectorParams.model_validate(deep_merge(params.model_dump(), update))
     started = time.process_time()
-    train_detector(model, params, data, prepared, parts.train, parts.val, runtime, workdir / f"ours_{family}",
-                   identity={"bench": f"ours_{family}"}, desc=f"ours {family}")
+    train_detector(
+        model,
+        params,
+        data,
+        prepared,
+        parts.train,
+        parts.val,
+        runtime,
+        workdir / f"ours_{family}",
+        identity={"bench": f"ours_{family}"},
+        desc=f"ours {family}",
+    )
     return model, epochs, time.process_time() - started, params
 
 
-def our_predictions(model: nn.Module, params: DetectorParams, parts: Parts, image_ids: list[str], runtime: Runtime) -> pd.DataFrame:
+def our_predictions(
+    model: nn.Module, params: DetectorParams, parts: Parts, image_ids: list[str], runtime: Runtime
+) -> pd.DataFrame:
     """Every TTA view's boxes of `image_ids`, fused per image by the ensemble's view fusion."""
     prepared = parts.prepared
     data = detector_data(prepared, params)
     boxes, images = predict_detector(model, params, data, prepared, image_ids, runtime, fold=0)
-    sizes = prepared.images[prepared.images["image_id"].isin(image_ids)][["image_id", "width", "height"]]
+    sizes = prepared.images[prepared.images["image_id"].isin(image_ids)][
+        ["image_id", "width", "height"]
+    ]
     classifier = pd.DataFrame(columns=["image_id", "fold", "model", "view", "opacity"])
-    recipe = EnsembleRecipe(view_fusion=VIEW_FUSION, fold_fusion=VIEW_FUSION, gating=Gating("none", {}), shrink=1.0,
-                            score_threshold=0.0, max_boxes=params.decode.top_k)
+    recipe = EnsembleRecipe(
+        view_fusion=VIEW_FUSION,
+        fold_fusion=VIEW_FUSION,
+        gating=Gating("none", {}),
+        shrink=1.0,
+        score_threshold=0.0,
+        max_boxes=params.decode.top_k,
+    )
     return apply_recipe(MemberPredictions(boxes, images, classifier, sizes), recipe).boxes
 
 
 # ---------------------------------------------------------------- scores
 
 
-def score(name: str, parts: Parts, val: pd.DataFrame, holdout: pd.DataFrame, epochs: int, train_s: float) -> Scored:
+def score(
+    name: str, parts: Parts, val: pd.DataFrame, holdout: pd.DataFrame, epochs: int, train_s: float
+) -> Scored:
     boxes = parts.prepared.boxes
-    truth = {part: boxes[boxes["image_id"].isin(getattr(parts, part))].reset_index(drop=True) for part in ("val", "holdout")}
+    truth = {
+        part: boxes[boxes["image_id"].isin(getattr(parts, part))].reset_index(drop=True)
+        for part in ("val", "holdout")
+    }
     threshold, _ = best_threshold(rsna_by_threshold(truth["val"], val))
     _, optimistic = best_threshold(rsna_by_threshold(truth["holdout"], holdout))
     result = mean_average_precision(truth["holdout"], holdout)
     names = parts.prepared.info["class_names"]
     kept = holdout[holdout["score"] >= threshold] if math.isfinite(threshold) else holdout
     return Scored(
-        name, epochs, train_s, result.score, {names[k]: v for k, v in sorted(result.per_class.items())},
-        rsna_score(truth["holdout"], kept).score, threshold, optimistic,
+        name,
+        epochs,
+        train_s,
+        result.score,
+        {names[k]: v for k, v in sorted(result.per_class.items())},
+        rsna_score(truth["holdout"], kept).score,
+        threshold,
+        optimistic,
     )
 
 
@@ -391,16 +551,27 @@ def run_system(system: System, parts: Parts, budget_s: float, workdir: Path) -> 
     workdir = workdir / system.name.replace(" ", "_")
     if system.stock:
         kind = "retinanet" if system.family == "retinanet" else "faster_rcnn"
-        model, task, epochs, seconds = train_stock(kind, parts, system.params, runtime, budget_s, workdir)
-        val, holdout = (stock_predictions(model, task, parts, ids, system.params.image_size)
-                        for ids in (parts.val, parts.holdout))
+        model, task, epochs, seconds = train_stock(
+            kind, parts, system.params, runtime, budget_s, workdir
+        )
+        val, holdout = (
+            stock_predictions(model, task, parts, ids, system.params.image_size)
+            for ids in (parts.val, parts.holdout)
+        )
     else:
-        model, epochs, seconds, trained = train_ours(system.family, parts, system.params, runtime, budget_s, workdir)
-        val, holdout = (our_predictions(model, trained, parts, ids, runtime) for ids in (parts.val, parts.holdout))
+        model, epochs, seconds, trained = train_ours(
+            system.family, parts, system.params, runtime, budget_s, workdir
+        )
+        val, holdout = (
+            our_predictions(model, trained, parts, ids, runtime)
+            for ids in (parts.val, parts.holdout)
+        )
     return score(system.name, parts, val, holdout, epochs, seconds)
 
 
-def run_systems(systems: Sequence[System], parts: Parts, budget_s: float, workdir: Path, jobs: int) -> list[Scored]:
+def run_systems(
+    systems: Sequence[System], parts: Parts, budget_s: float, workdir: Path, jobs: int
+) -> list[Scored]:
     """Every system in its own spawned single-threaded process, `jobs` at a time: the two sides of
     a comparison train side by side, under the same machine load."""
     context = multiprocessing.get_context("spawn")
@@ -410,30 +581,70 @@ def run_systems(systems: Sequence[System], parts: Parts, budget_s: float, workdi
 
 
 def pair_rows(label: str, ours: Scored, stock: Scored, target: str) -> list[Row]:
-    rows = [Row(f"{label} mAP@0.4", ours.map, stock.map, "mAP", target=target,
-                note=f"ours {ours.epochs} epochs in {ours.train_s:.0f} CPU-s, stock {stock.epochs} in {stock.train_s:.0f} CPU-s")]
-    rows += [Row(f"{label}   AP {name}", ours.per_class.get(name), stock.per_class.get(name), "AP")
-             for name in sorted(set(ours.per_class) | set(stock.per_class))]
+    rows = [
+        Row(
+            f"{label} mAP@0.4",
+            ours.map,
+            stock.map,
+            "mAP",
+            target=target,
+            note=f"ours {ours.epochs} epochs in {ours.train_s:.0f} CPU-s, stock {stock.epochs} in {stock.train_s:.0f} CPU-s",
+        )
+    ]
+    rows += [
+        Row(f"{label}   AP {name}", ours.per_class.get(name), stock.per_class.get(name), "AP")
+        for name in sorted(set(ours.per_class) | set(stock.per_class))
+    ]
     rows.append(Row(f"{label} RSNA score (val threshold)", ours.rsna, stock.rsna, "score"))
-    rows.append(Row(f"{label} RSNA score (best threshold, optimistic)", ours.rsna_best, stock.rsna_best, "score"))
+    rows.append(
+        Row(
+            f"{label} RSNA score (best threshold, optimistic)",
+            ours.rsna_best,
+            stock.rsna_best,
+            "score",
+        )
+    )
     rows.append(Row.speedup(f"{label} training CPU time", ours.train_s, stock.train_s, "CPU-s"))
     return rows
 
 
 def main() -> None:
-    parser = arguments(__doc__, quick_help="a few minutes: a subset of the images, 128 px, a short budget")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the nih-bbox folder (folder layout)")
-    parser.add_argument("--budget", type=float, help="training CPU-seconds per system (default: 480, quick: 40)")
-    parser.add_argument("--size", type=int, help="image side (default: the recipe's 256; quick: 128)")
+    parser = arguments(
+        __doc__, quick_help="a few minutes: a subset of the images, 128 px, a short budget"
+    )
+    parser.add_argument(
+        "--data", type=Path, default=DEFAULT_DATA, help="the nih-bbox folder (folder layout)"
+    )
+    parser.add_argument(
+        "--budget", type=float, help="training CPU-seconds per system (default: 480, quick: 40)"
+    )
+    parser.add_argument(
+        "--size", type=int, help="image side (default: the recipe's 256; quick: 128)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="split and training seed")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe knob")
-    parser.add_argument("--families", nargs="+", choices=list(FAMILY_ROWS),
-                        help="detector pairs to run (default: both; quick: retinanet)")
-    parser.add_argument("--jobs", type=int, default=2, help="systems trained at once (default 2: both sides of a pair)")
-    parser.add_argument("--ablations", action="store_true", help="ours with one recipe change per row (no stock)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe knob"
+    )
+    parser.add_argument(
+        "--families",
+        nargs="+",
+        choices=list(FAMILY_ROWS),
+        help="detector pairs to run (default: both; quick: retinanet)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help="systems trained at once (default 2: both sides of a pair)",
+    )
+    parser.add_argument(
+        "--ablations", action="store_true", help="ours with one recipe change per row (no stock)"
+    )
     args = parser.parse_args()
     if not (args.data / "annotations.csv").is_file():
-        parser.error(f"{args.data}: no annotations.csv (the nih-bbox folder; --data or CXRDET_NIH_BBOX)")
+        parser.error(
+            f"{args.data}: no annotations.csv (the nih-bbox folder; --data or CXRDET_NIH_BBOX)"
+        )
     budget = args.budget or (40.0 if args.quick else 480.0)
     size = args.size or (128 if args.quick else RECIPE["image_size"])
     overrides = deep_merge({"image_size": size, "optim": {"seed": args.seed}}, parse_sets(args.set))
@@ -443,26 +654,47 @@ def main() -> None:
         parser.error(f"--set: {error}")
     with tempfile.TemporaryDirectory(prefix="cxrdet-quality-") as tmp:
         workdir = Path(tmp)
-        parts = prepare_parts(args.data, size, workdir / "prepared", args.seed, 120 if args.quick else None)
-        context = (f"{args.data.name}: {len(parts.train)} train / {len(parts.val)} validation / {len(parts.holdout)} "
-                   f"held-out images (patient-grouped, seed {args.seed}), {params.backbone} at {size} px from scratch, "
-                   f"{budget:.0f} CPU-s of training per system, one CPU thread each, {args.jobs} at a time; mAP@0.4 = VOC AP at "
-                   "IoU 0.4 averaged over the box classes")
+        parts = prepare_parts(
+            args.data, size, workdir / "prepared", args.seed, 120 if args.quick else None
+        )
+        context = (
+            f"{args.data.name}: {len(parts.train)} train / {len(parts.val)} validation / {len(parts.holdout)} "
+            f"held-out images (patient-grouped, seed {args.seed}), {params.backbone} at {size} px from scratch, "
+            f"{budget:.0f} CPU-s of training per system, one CPU thread each, {args.jobs} at a time; mAP@0.4 = VOC AP at "
+            "IoU 0.4 averaged over the box classes"
+        )
         rows: list[Row] = []
-        notes = [f"recipe: {json.dumps(params.model_dump(include=set(RECIPE) | set(overrides)), default=str)}"]
+        notes = [
+            f"recipe: {json.dumps(params.model_dump(include=set(RECIPE) | set(overrides)), default=str)}"
+        ]
         if args.ablations:
             systems = [System("recipe", "retinanet", False, params)] + [
-                System(name, "retinanet", False, recipe_params(deep_merge(copy.deepcopy(overrides), change)))
+                System(
+                    name,
+                    "retinanet",
+                    False,
+                    recipe_params(deep_merge(copy.deepcopy(overrides), change)),
+                )
                 for name, change in ABLATIONS.items()
             ]
             base, *ablated = run_systems(systems, parts, budget, workdir, args.jobs)
-            rows += [Row(f"recipe vs {one.name}: mAP@0.4", base.map, one.map, "mAP",
-                         note=f"RSNA {base.rsna:.3f} vs {one.rsna:.3f}; epochs {base.epochs} vs {one.epochs}")
-                     for one in ablated]
+            rows += [
+                Row(
+                    f"recipe vs {one.name}: mAP@0.4",
+                    base.map,
+                    one.map,
+                    "mAP",
+                    note=f"RSNA {base.rsna:.3f} vs {one.rsna:.3f}; epochs {base.epochs} vs {one.epochs}",
+                )
+                for one in ablated
+            ]
         else:
             families = args.families or (["retinanet"] if args.quick else list(FAMILY_ROWS))
-            systems = [System(f"{side} {family}", family, side == "stock", params)
-                       for family in families for side in ("ours", "stock")]
+            systems = [
+                System(f"{side} {family}", family, side == "stock", params)
+                for family in families
+                for side in ("ours", "stock")
+            ]
             scored = run_systems(systems, parts, budget, workdir, args.jobs)
             for family, (ours, stock) in zip(families, zip(scored[::2], scored[1::2])):
                 label, target = FAMILY_ROWS[family]

@@ -22,13 +22,23 @@ from common import Report, table
 BENCH = Path(__file__).resolve().parent
 README = BENCH.parent / "README.md"
 RESULTS = BENCH / "results"
-BLOCK = re.compile(r"(<!-- bench:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /bench:(?P=name) -->)", re.DOTALL)
+BLOCK = re.compile(
+    r"(<!-- bench:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /bench:(?P=name) -->)", re.DOTALL
+)
 
 
 def render(report: Report, source: str) -> str:
     """The block's body: a fenced table under the report's context, from `source`."""
-    lines = [f"{report.bench}: {report.context}", *table(report.rows), *(f"note: {note}" for note in report.notes)]
-    return f"From `{source}` (rendered by `bench/readme.py`):\n\n```text\n" + "\n".join(lines) + "\n```\n"
+    lines = [
+        f"{report.bench}: {report.context}",
+        *table(report.rows),
+        *(f"note: {note}" for note in report.notes),
+    ]
+    return (
+        f"From `{source}` (rendered by `bench/readme.py`):\n\n```text\n"
+        + "\n".join(lines)
+        + "\n```\n"
+    )
 
 
 def rendered(text: str, results: Path = RESULTS) -> tuple[str, list[str]]:
@@ -49,13 +59,20 @@ def rendered(text: str, results: Path = RESULTS) -> tuple[str, list[str]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="exit 1 when a block is stale; write nothing")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 when a block is stale; write nothing"
+    )
     args = parser.parse_args()
     text, changed = rendered(README.read_text())
     if args.check:
         if changed:
-            print(f"README.md: stale bench blocks: {', '.join(changed)} (run python bench/readme.py)", file=sys.stderr)
+            print(
+                f"README.md: stale bench blocks: {', '.join(changed)} (run python bench/readme.py)",
+                file=sys.stderr,
+            )
             raise SystemExit(1)
         return
     README.write_text(text)

@@ -23,11 +23,15 @@ def test_readme_bench_blocks_match_the_committed_reports():
 
 
 def test_a_changed_report_number_is_caught(tmp_path):
-    report = common.Report("demo", "ctx", [common.Row("mAP", 0.5, 0.25, "mAP", target=">= 1.1x")], ["a note"])
+    report = common.Report(
+        "demo", "ctx", [common.Row("mAP", 0.5, 0.25, "mAP", target=">= 1.1x")], ["a note"]
+    )
     (tmp_path / "demo.json").write_text(json.dumps(report.to_json()))
     text = "intro\n<!-- bench:demo -->\nold\n<!-- /bench:demo -->\nrest\n"
     fresh, changed = readme.rendered(text, tmp_path)
-    assert changed == ["demo"] and "2.00x" in fresh and fresh.endswith("<!-- /bench:demo -->\nrest\n")
+    assert (
+        changed == ["demo"] and "2.00x" in fresh and fresh.endswith("<!-- /bench:demo -->\nrest\n")
+    )
     assert readme.rendered(fresh, tmp_path)[1] == []  # rendered once: in sync
     report.rows[0].ours = 0.75
     (tmp_path / "demo.json").write_text(json.dumps(report.to_json()))

@@ -24,12 +24,17 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory: pytest.TempPathFactory) -> quality.Parts:
-    return quality.prepare_parts(quality.DEFAULT_DATA, 128, tmp_path_factory.mktemp("nih"), seed=0, limit=90)
+    return quality.prepare_parts(
+        quality.DEFAULT_DATA, 128, tmp_path_factory.mktemp("nih"), seed=0, limit=90
+    )
 
 
 def test_split_is_patient_grouped_and_disjoint(parts):
     images = parts.prepared.images.set_index("image_id")
-    groups = {name: set(images.loc[getattr(parts, name), "patient_id"]) for name in ("train", "val", "holdout")}
+    groups = {
+        name: set(images.loc[getattr(parts, name), "patient_id"])
+        for name in ("train", "val", "holdout")
+    }
     assert parts.train and parts.val and parts.holdout
     assert len(parts.train) + len(parts.val) + len(parts.holdout) <= 90
     assert not groups["train"] & groups["holdout"] and not groups["val"] & groups["holdout"]
@@ -40,8 +45,14 @@ def test_split_is_patient_grouped_and_disjoint(parts):
 def test_set_overrides_reach_the_recipe():
     overrides = quality.parse_sets(["detector.p2=false", "optim.lr=3e-4", "tta.scales=[0.8, 1.0]"])
     params = quality.recipe_params(overrides)
-    assert params.p2 is False and params.optim.lr == pytest.approx(3e-4) and params.tta.scales == [0.8, 1.0]
-    assert params.fpn_channels == quality.RECIPE["fpn_channels"]  # untouched knobs keep the recipe's value
+    assert (
+        params.p2 is False
+        and params.optim.lr == pytest.approx(3e-4)
+        and params.tta.scales == [0.8, 1.0]
+    )
+    assert (
+        params.fpn_channels == quality.RECIPE["fpn_channels"]
+    )  # untouched knobs keep the recipe's value
     with pytest.raises(ValueError, match="p2"):
         quality.recipe_params(quality.parse_sets(["p2=maybe"]))
 
@@ -90,14 +101,20 @@ def test_folder_cpu_profile_carries_the_benchmarked_recipe(project_root):
     the budget-derived epochs), so the README's real-data table speaks of what users run."""
     from cxrdet.config import load_params
 
-    profile = load_params(project_root / "params.yaml", profile=project_root / "profiles/folder-cpu.yaml").detector
+    profile = load_params(
+        project_root / "params.yaml", profile=project_root / "profiles/folder-cpu.yaml"
+    ).detector
     recipe = quality.recipe_params({})
     knobs = set(quality.RECIPE) - {"optim", "two_stage"}
     assert profile.model_dump(include=knobs) == recipe.model_dump(include=knobs)
-    assert profile.optim.model_dump(exclude={"epochs"}) == recipe.optim.model_dump(exclude={"epochs"})
+    assert profile.optim.model_dump(exclude={"epochs"}) == recipe.optim.model_dump(
+        exclude={"epochs"}
+    )
 
 
-PROFILES = sorted(path.name for path in (Path(__file__).resolve().parents[1] / "profiles").glob("*.yaml"))
+PROFILES = sorted(
+    path.name for path in (Path(__file__).resolve().parents[1] / "profiles").glob("*.yaml")
+)
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -115,6 +132,15 @@ BAD_ARGUMENTS = [(["--set", "p2=maybe"], "p2"), (["--data", "/nonexistent"], "/n
 def test_bad_arguments_exit_2_naming_the_problem(project_root, arguments, named):
     import subprocess
 
-    completed = subprocess.run([sys.executable, str(BENCH / "quality.py"), *arguments], capture_output=True,
-                               text=True, timeout=120, cwd=project_root)
-    assert completed.returncode == 2 and named in completed.stderr and "Traceback" not in completed.stderr
+    completed = subprocess.run(
+        [sys.executable, str(BENCH / "quality.py"), *arguments],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=project_root,
+    )
+    assert (
+        completed.returncode == 2
+        and named in completed.stderr
+        and "Traceback" not in completed.stderr
+    )

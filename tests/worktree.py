@@ -11,7 +11,10 @@ from pathlib import Path
 def copy_worktree(source: Path, target: Path) -> Path:
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=source, capture_output=True, text=True, check=True,
+        cwd=source,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split("\0")
     for name in filter(None, listed):
         if (source / name).is_file():
