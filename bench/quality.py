@@ -42,7 +42,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +143,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 @dataclass
 class Scored:
     name: str
-    epochs: int
+    epochs: float
     train_s: float
     map: float
     per_class: dict[str, float]
@@ -285,27 +285,61 @@ def stock_faster_rcnn(backbone: str, size: int, classes: int) -> StockFasterRCNN
 # ---------------------------------------------------------------- training at a budget
 
 
+PROBE_WARMUP = 3  # untimed batches first: allocator, first RPN/matcher passes and AdamW state
+PROBE_BATCHES = 6  # timed batches of distinct images, averaged
+
+
 def cpu_seconds_per_image(
     model: nn.Module, task: DetectionTask, dataset: DetectionDataset, batch: int
 ) -> float:
-    """Training CPU seconds per image of a copy of `model` (loss, backward, AdamW step), from 3
-    timed batches after a warm-up one: what sets each system's epochs for the same budget. CPU
-    time (all threads), not wall time: on a shared machine the wall time swings with the load."""
+    """Training CPU seconds per image of a copy of `model` (loss, backward, AdamW step), averaged
+    over PROBE_BATCHES batches of distinct images after PROBE_WARMUP untimed ones: what sets each
+    system's share of the budget. A fresh two-stage model's first passes cost up to twice its
+    steady state, so a short probe under-trains it. CPU time (all threads), not wall time: on a
+    shared machine the wall time swings with the load."""
     probe = copy.deepcopy(model).train()
     optimizer = torch.optim.AdamW(probe.parameters(), 1e-4)
-    items = collate_detection([dataset[k % len(dataset)] for k in range(batch)])
-    timings = []
-    for _ in range(4):
+    seconds = 0.0
+    for step in range(PROBE_WARMUP + PROBE_BATCHES):
+        items = collate_detection(
+            [dataset[(step * batch + k) % len(dataset)] for k in range(batch)]
+        )
         started = time.process_time()
         task.loss(probe, items).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        timings.append(time.process_time() - started)
-    return float(np.median(timings[1:])) / batch
+        if step >= PROBE_WARMUP:
+            seconds += time.process_time() - started
+    return seconds / (PROBE_BATCHES * batch)
 
 
-def epochs_for(budget_s: float, per_image_s: float, images: int) -> int:
-    return max(1, int(budget_s / (per_image_s * images)))
+@dataclass(frozen=True)
+class Schedule:
+    """A system's share of the budget: `epochs` passes over `images` training images (a seeded
+    subset when the budget buys a fraction of a pass more or less), so every system spends about
+    the budget, none overspends by a whole epoch and none leaves most of a pass unused."""
+
+    epochs: int
+    images: int
+
+
+def schedule_for(budget_s: float, per_image_s: float, images: int) -> Schedule:
+    passes = max(1, int(budget_s / per_image_s))
+    epochs = max(1, round(passes / images))
+    return Schedule(epochs, min(images, passes // epochs))
+
+
+def within_budget(parts: Parts, schedule: Schedule, seed: int) -> Parts:
+    """`parts` with the training images `schedule` affords (a seeded subset when it is short)."""
+    if schedule.images >= len(parts.train):
+        return parts
+    kept = np.random.default_rng(seed).permutation(len(parts.train))[: schedule.images]
+    return replace(parts, train=[parts.train[k] for k in sorted(kept)])
+
+
+def epochs_seen(schedule: Schedule, parts: Parts) -> float:
+    """Passes over the training images (a fraction when the budget buys less than one)."""
+    return schedule.epochs * schedule.images / len(parts.train)
 
 
 def datasets(
@@ -340,7 +374,7 @@ def train_stock(
     runtime: Runtime,
     budget_s: float,
     workdir: Path,
-) -> tuple[nn.Module, StockTask, int, float]:
+) -> tuple[nn.Module, StockTask, float, float]:
     from cxrdet.data.box_augment import BoxAugmentSettings, detector_augmentation
 
     classes = len(parts.prepared.info["class_names"])
@@ -362,12 +396,13 @@ def train_stock(
         )
     )
     train_set, val_set = datasets(parts, params, hflip_only)
-    epochs = epochs_for(
+    schedule = schedule_for(
         budget_s,
         cpu_seconds_per_image(model, task, train_set, params.optim.batch_size),
         len(train_set),
     )
-    optim = params.optim.model_copy(update={"epochs": epochs})
+    train_set, _ = datasets(within_budget(parts, schedule, params.optim.seed), params, hflip_only)
+    optim = params.optim.model_copy(update={"epochs": schedule.epochs})
     started = time.process_time()
     fit(
         model,
@@ -382,7 +417,7 @@ def train_stock(
         collate_fn=collate_detection,
         desc=f"stock {kind}",
     )
-    return model, task, epochs, time.process_time() - started
+    return model, task, epochs_seen(schedule, parts), time.process_time() - started
 
 
 def stock_predictions(
@@ -435,7 +470,7 @@ def train_ours(
     runtime: Runtime,
     budget_s: float,
     workdir: Path,
-) -> tuple[nn.Module, int, float, DetectorParams]:
+) -> tuple[nn.Module, float, float, DetectorParams]:
     from cxrdet.data.box_augment import BoxAugmentSettings, detector_augmentation
     from cxrdet.models.retinanet import RetinaNetLoss
     from cxrdet.train.detector import family_settings, loss_config
@@ -457,16 +492,15 @@ def train_ours(
         from cxrdet.train.detector import TwoStageTask
 
         probe_task = TwoStageTask(settings.decode)
-    epochs = epochs_for(
+    schedule = schedule_for(
         budget_s,
         cpu_seconds_per_image(model, probe_task, train_set, settings.optim.batch_size),
         len(train_set),
     )
-    key = "optim" if family == "retinanet" else "two_stage"
     update = (
-        {"optim": {"epochs": epochs}}
-        if key == "optim"
-        else {"two_stage": {"optim": {"epochs": epochs}}}
+        {"optim": {"epochs": schedule.epochs}}
+        if family == "retinanet"
+        else {"two_stage": {"optim": {"epochs": schedule.epochs}}}
     )
     params = DetectorParams.model_validate(deep_merge(params.model_dump(), update))
     started = time.process_time()
@@ -475,14 +509,14 @@ def train_ours(
         params,
         data,
         prepared,
-        parts.train,
+        within_budget(parts, schedule, params.optim.seed).train,
         parts.val,
         runtime,
         workdir / f"ours_{family}",
         identity={"bench": f"ours_{family}"},
         desc=f"ours {family}",
     )
-    return model, epochs, time.process_time() - started, params
+    return model, epochs_seen(schedule, parts), time.process_time() - started, params
 
 
 def our_predictions(
@@ -511,7 +545,7 @@ def our_predictions(
 
 
 def score(
-    name: str, parts: Parts, val: pd.DataFrame, holdout: pd.DataFrame, epochs: int, train_s: float
+    name: str, parts: Parts, val: pd.DataFrame, holdout: pd.DataFrame, epochs: float, train_s: float
 ) -> Scored:
     boxes = parts.prepared.boxes
     truth = {
@@ -588,7 +622,7 @@ def pair_rows(label: str, ours: Scored, stock: Scored, target: str) -> list[Row]
             stock.map,
             "mAP",
             target=target,
-            note=f"ours {ours.epochs} epochs in {ours.train_s:.0f} CPU-s, stock {stock.epochs} in {stock.train_s:.0f} CPU-s",
+            note=f"ours {ours.epochs:.3g} epochs in {ours.train_s:.0f} CPU-s, stock {stock.epochs:.3g} in {stock.train_s:.0f} CPU-s",
         )
     ]
     rows += [
@@ -616,7 +650,7 @@ def main() -> None:
         "--data", type=Path, default=DEFAULT_DATA, help="the nih-bbox folder (folder layout)"
     )
     parser.add_argument(
-        "--budget", type=float, help="training CPU-seconds per system (default: 480, quick: 40)"
+        "--budget", type=float, help="training CPU-seconds per system (default: 900, quick: 40)"
     )
     parser.add_argument(
         "--size", type=int, help="image side (default: the recipe's 256; quick: 128)"
@@ -645,7 +679,7 @@ def main() -> None:
         parser.error(
             f"{args.data}: no annotations.csv (the nih-bbox folder; --data or CXRDET_NIH_BBOX)"
         )
-    budget = args.budget or (40.0 if args.quick else 480.0)
+    budget = args.budget or (40.0 if args.quick else 900.0)
     size = args.size or (128 if args.quick else RECIPE["image_size"])
     overrides = deep_merge({"image_size": size, "optim": {"seed": args.seed}}, parse_sets(args.set))
     try:
@@ -684,7 +718,7 @@ def main() -> None:
                     base.map,
                     one.map,
                     "mAP",
-                    note=f"RSNA {base.rsna:.3f} vs {one.rsna:.3f}; epochs {base.epochs} vs {one.epochs}",
+                    note=f"RSNA {base.rsna:.3f} vs {one.rsna:.3f}; epochs {base.epochs:.3g} vs {one.epochs:.3g}",
                 )
                 for one in ablated
             ]

@@ -91,9 +91,19 @@ def test_stock_detectors_learn_on_cxrdets_batches(parts, kind, offset):
     assert ((labels >= 0) & (labels < classes)).all()
 
 
-def test_epochs_follow_the_budget():
-    assert quality.epochs_for(100.0, 0.1, 100) == 10
-    assert quality.epochs_for(1.0, 0.1, 100) == 1  # at least one epoch
+def test_schedule_follows_the_budget(parts):
+    assert quality.schedule_for(100.0, 0.1, 100) == quality.Schedule(10, 100)
+    # A fraction of a pass more or less: the nearest whole epochs over the images that buys.
+    assert quality.schedule_for(105.0, 0.1, 100) == quality.Schedule(10, 100)
+    assert quality.schedule_for(16.0, 0.1, 100) == quality.Schedule(2, 80)
+    # Less than one pass: one epoch over the images the budget buys, never an overspend.
+    assert quality.schedule_for(4.0, 0.1, 100) == quality.Schedule(1, 40)
+    trimmed = quality.within_budget(parts, quality.Schedule(1, 5), seed=0)
+    assert len(trimmed.train) == 5 and set(trimmed.train) <= set(parts.train)
+    assert trimmed.train == quality.within_budget(parts, quality.Schedule(1, 5), seed=0).train
+    assert (trimmed.val, trimmed.holdout) == (parts.val, parts.holdout)
+    assert quality.within_budget(parts, quality.Schedule(3, len(parts.train)), 0) is parts
+    assert quality.epochs_seen(quality.Schedule(1, len(parts.train) // 2), parts) < 1
 
 
 def test_folder_cpu_profile_carries_the_benchmarked_recipe(project_root):
