@@ -82,6 +82,35 @@ def test_missing_file_and_bad_yaml_are_reported(tmp_path):
         load_params(broken)
 
 
+def test_duplicate_key_is_refused_with_its_line(project_root, tmp_path):
+    """PyYAML would keep the second `split:` silently; DVC itself refuses the file."""
+    params = tmp_path / "params.yaml"
+    params.write_text((project_root / "params.yaml").read_text() + "\nsplit:\n  folds: 3\n")
+    with pytest.raises(ConfigError, match=r"params\.yaml: not valid YAML: duplicate key 'split'"):
+        load_params(params)
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("split:\n  folds: 3\n  folds: 4\n")
+    with pytest.raises(ConfigError, match=r"duplicate key 'folds'[\s\S]*line 3"):
+        load_params(nested)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("split", "seed", True, "must be a whole number"),
+        ("split", "group_by_patient", "no", "must be true or false"),
+        ("split", "group_by_patient", 0, "must be true or false"),
+    ],
+)
+def test_switches_and_counts_are_not_coerced(project_root, section, key, value, message):
+    """`seed: true` is not 1 and `group_by_patient: "no"` is not False: lax coercion would change
+    the run without a word."""
+    raw = demo_params(project_root)
+    raw[section][key] = value
+    with pytest.raises(ConfigError, match=rf"{section}\.{key}: .*{message}.*\(got {value!r}\)"):
+        validate_params(raw)
+
+
 def test_deep_merge_overrides_leaves_and_keeps_siblings():
     merged = deep_merge({"a": {"b": 1, "c": 2}, "d": [1]}, {"a": {"b": 5}, "d": [2, 3]})
     assert merged == {"a": {"b": 5, "c": 2}, "d": [2, 3]}
