@@ -261,6 +261,34 @@ def test_bad_files_raise_dicom_read_error_naming_the_file(tmp_path, make, reason
     assert caught.value.path == path and str(path) in str(caught.value)
 
 
+def test_decompression_bomb_is_refused_before_decoding(tmp_path):
+    """A small RLE file declaring 16000 x 16000 pixels (4 GB decoded as 16-bit) is refused from
+    its header by every reader, and so is a PNG over the same limit, without decoding."""
+    import pydicom
+
+    from cxrdet.data.dicom import MAX_PIXELS
+
+    source = compressed_copy(
+        write_dicom(tmp_path / "small.dcm", gradient(), bits=12),
+        tmp_path / "rle.dcm",
+        RLELossless,
+    )
+    ds = pydicom.dcmread(source)
+    ds.Rows = ds.Columns = 16000
+    bomb = tmp_path / "bomb.dcm"
+    ds.save_as(bomb)
+    assert bomb.stat().st_size < 100_000
+    for reader in (read_dicom, read_dicom_header, read_image, read_image_size):
+        with pytest.raises(DicomReadError, match=r"16000 x 16000 pixels \(256 MP\), over the 50 MP"):
+            reader(bomb)
+    side = int(MAX_PIXELS**0.5) + 1
+    large = tmp_path / "large.png"
+    Image.new("L", (side, side)).save(large, optimize=False)
+    for reader in (read_image, read_image_size):
+        with pytest.raises(ImageReadError, match="over the 50 MP limit"):
+            reader(large)
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(DicomReadError, match="file not found"):
         read_dicom(tmp_path / "absent.dcm")

@@ -23,11 +23,15 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-from cxrdet.errors import DicomReadError
+from cxrdet.errors import DicomReadError, ImageReadError
 
 GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
 # Smallest pixel data element header: tag (4) + length (4), implicit VR.
 _ELEMENT_HEADER_BYTES = 8
+# Decompression-bomb guard, checked from the header before any decoding: a few MB of RLE can
+# declare 16000 x 16000 pixels (4 GB decoded). The largest radiograph detectors are ~43 cm at
+# 0.1 mm (~18.5 MP); 50 MP leaves room for any real chest X-ray. PNG/JPEG use the same limit.
+MAX_PIXELS = 50_000_000
 _AGE = re.compile(r"^(\d+)([DWMY]?)$")
 _UNITS_PER_YEAR = {"D": 365, "W": 52, "M": 12, "Y": 1, "": 1}
 
@@ -56,6 +60,7 @@ def read_dicom_header(path: str | Path) -> DicomHeader:
     """
     ds, bytes_left = _read_dataset(path, pixels=False)
     _check_single_grayscale_image(ds, path)
+    check_pixel_count(int(ds.Rows), int(ds.Columns), path, DicomReadError)
     _check_pixel_bytes_left(ds, bytes_left, path)
     with warnings.catch_warnings():
         # RSNA's bare ages ("47") are invalid AS values: pydicom warns once per value.
@@ -88,6 +93,7 @@ def read_dicom(path: str | Path) -> np.ndarray:
     """
     ds, _ = _read_dataset(path, pixels=True)
     _check_single_grayscale_image(ds, path)
+    check_pixel_count(int(ds.Rows), int(ds.Columns), path, DicomReadError)
     if "PixelData" not in ds:  # float pixel data is for parametric maps, not radiographs
         raise DicomReadError(path, "no pixel data (PixelData element missing)")
     _check_native_pixel_length(ds, path)
@@ -196,6 +202,18 @@ def _check_single_grayscale_image(ds: Dataset, path: str | Path) -> None:
     photometric = str(ds.get("PhotometricInterpretation", ""))
     if photometric not in GRAYSCALE:
         raise DicomReadError(path, f"photometric interpretation {photometric!r} is not grayscale")
+
+
+def check_pixel_count(
+    height: int, width: int, path: str | Path, error: type[ImageReadError]
+) -> None:
+    """Refuse an image that declares more than MAX_PIXELS before it is decoded."""
+    if height * width > MAX_PIXELS:
+        raise error(
+            path,
+            f"declares {width} x {height} pixels ({height * width / 1e6:.0f} MP), over the "
+            f"{MAX_PIXELS / 1e6:.0f} MP limit of one radiograph (decompression-bomb guard)",
+        )
 
 
 def _check_pixel_bytes_left(ds: Dataset, bytes_left: int, path: str | Path) -> None:

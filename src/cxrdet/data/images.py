@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from cxrdet.data.dicom import read_dicom, read_dicom_header, to_uint8
+from cxrdet.data.dicom import check_pixel_count, read_dicom, read_dicom_header, to_uint8
 from cxrdet.errors import ImageReadError
 
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
@@ -88,9 +88,17 @@ def _checked_suffix(path: str | Path) -> str:
 
 
 def _open_raster(path: str | Path) -> Image.Image:
+    """The opened file, its header read (lazily: pixels are decoded by `load`)."""
     try:
-        return Image.open(path)
+        image = Image.open(path)
     except FileNotFoundError:
         raise ImageReadError(path, "file not found") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise ImageReadError(path, f"not a readable image: {error}") from None
+    width, height = image.size
+    try:
+        check_pixel_count(height, width, path, ImageReadError)
+    except ImageReadError:
+        image.close()
+        raise
+    return image
