@@ -125,8 +125,9 @@ FAMILY_ROWS = {"retinanet": ("RetinaNet", ">= 1.1x"), "two_stage": ("two-stage",
 # How the recipe's TTA views are fused (the ensemble's view fusion; no classifier gating here).
 VIEW_FUSION = Fusion("wbf", {"iou_thr": 0.5, "skip_box_thr": 0.0, "conf_type": "avg"})
 
-# Ablations: one change to RECIPE per row (`--ablations`), scored against the recipe itself.
-ABLATIONS: dict[str, dict[str, Any]] = {
+# Ablations: one change to RECIPE per row (`--ablations [--families ...]`), scored against the
+# recipe itself, per family.
+RETINANET_ABLATIONS: dict[str, dict[str, Any]] = {
     "P2 (P2-P7)": {"p2": True},
     "no GroupNorm heads": {"head_norm": False},
     "2nd-place augmentation on": {"augment": {"enabled": True}},
@@ -138,6 +139,15 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "TTA scales 0.8/1/1.2": {"tta": {"scales": [0.8, 1.0, 1.2]}},
     "reference anchors (32 px at P3)": {"anchors": {"base_size": 4.0}},
 }
+TWO_STAGE_ABLATIONS: dict[str, dict[str, Any]] = {
+    "P2 (P2-P6)": {"p2": True},
+    "RPN anchors 32 px at P3 (recipe: 64)": {"two_stage": {"anchors": {"base_size": 4.0}}},
+    "no deformable C5": {"two_stage": {"deformable": []}},
+    "box head 1024 wide (reference)": {"two_stage": {"representation": 1024}},
+    "1000 proposals (reference)": {"two_stage": {"proposals": 1000}},
+    "positives only (1st place)": {"two_stage": {"positives_only": True}},
+}
+ABLATIONS = {"retinanet": RETINANET_ABLATIONS, "two_stage": TWO_STAGE_ABLATIONS}
 
 
 @dataclass
@@ -701,29 +711,33 @@ def main() -> None:
         notes = [
             f"recipe: {json.dumps(params.model_dump(include=set(RECIPE) | set(overrides)), default=str)}"
         ]
+        families = args.families or (
+            ["retinanet"] if args.quick or args.ablations else list(FAMILY_ROWS)
+        )
         if args.ablations:
-            systems = [System("recipe", "retinanet", False, params)] + [
-                System(
-                    name,
-                    "retinanet",
-                    False,
-                    recipe_params(deep_merge(copy.deepcopy(overrides), change)),
-                )
-                for name, change in ABLATIONS.items()
-            ]
-            base, *ablated = run_systems(systems, parts, budget, workdir, args.jobs)
-            rows += [
-                Row(
-                    f"recipe vs {one.name}: mAP@0.4",
-                    base.map,
-                    one.map,
-                    "mAP",
-                    note=f"RSNA {base.rsna:.3f} vs {one.rsna:.3f}; epochs {base.epochs:.3g} vs {one.epochs:.3g}",
-                )
-                for one in ablated
-            ]
+            for family in families:
+                label = FAMILY_ROWS[family][0]
+                systems = [System(f"{label} recipe", family, False, params)] + [
+                    System(
+                        f"{label} {name}",
+                        family,
+                        False,
+                        recipe_params(deep_merge(copy.deepcopy(overrides), change)),
+                    )
+                    for name, change in ABLATIONS[family].items()
+                ]
+                base, *ablated = run_systems(systems, parts, budget, workdir, args.jobs)
+                rows += [
+                    Row(
+                        f"{base.name} vs {one.name.removeprefix(label).strip()}: mAP@0.4",
+                        base.map,
+                        one.map,
+                        "mAP",
+                        note=f"RSNA {base.rsna:.3f} vs {one.rsna:.3f}; epochs {base.epochs:.3g} vs {one.epochs:.3g}",
+                    )
+                    for one in ablated
+                ]
         else:
-            families = args.families or (["retinanet"] if args.quick else list(FAMILY_ROWS))
             systems = [
                 System(f"{side} {family}", family, side == "stock", params)
                 for family in families

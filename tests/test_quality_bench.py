@@ -154,3 +154,12 @@ def test_bad_arguments_exit_2_naming_the_problem(project_root, arguments, named)
         and named in completed.stderr
         and "Traceback" not in completed.stderr
     )
+
+
+@pytest.mark.parametrize("family", sorted(quality.ABLATIONS))
+def test_every_ablation_is_one_valid_change_of_the_recipe(family):
+    recipe = quality.recipe_params({})
+    for name, change in quality.ABLATIONS[family].items():
+        changed = quality.recipe_params(change)
+        assert changed != recipe, f"{family} ablation {name!r} changes nothing"
+        assert changed.model_dump(exclude=set(change)) == recipe.model_dump(exclude=set(change))
