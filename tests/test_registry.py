@@ -136,3 +136,8 @@ def test_registry_cli_lists_promotes_and_rolls_back(store, monkeypatch, capsys):
     assert f"champion version {second} -> {first}" in capsys.readouterr().out
     assert cxrdet_main(["registry", "list", "--name", "missing-model"]) == 2
     assert "no registered model 'missing-model'" in capsys.readouterr().err
+    for bad in ("abc", "0", "-1", "1.5"):
+        with pytest.raises(SystemExit) as exited:
+            cxrdet_main(["registry", "promote", "--version", bad])
+        assert exited.value.code == 2
+        assert f"argument --version: {bad!r} is not a version number" in capsys.readouterr().err

@@ -27,12 +27,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     listing = add_command(actions, "list", "versions, aliases and holdout metrics", None, run_list)
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
     promote = add_command(actions, "promote", "move alias champion to a version (with the gate's checks)", None, run_promote)
-    promote.add_argument("--version", required=True, help="the version to promote")
+    promote.add_argument("--version", required=True, type=version_number, help="the version to promote (1, 2, ...)")
     promote.add_argument("--force", action="store_true", help="skip the checks (metric, holdout, min_delta)")
     promote.add_argument("--min-delta", type=float, help="default: params' register.min_delta")
     rollback = add_command(actions, "rollback", "move alias champion back to the previous champion", None, run_rollback)
     for action in (listing, promote, rollback):
         action.add_argument("--name", help="registered model (default: params' register.model_name for the data)")
+
+
+def version_number(text: str) -> str:
+    """A registry version as MLflow numbers them; anything else is a usage error (exit 2)."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a version number (1, 2, ...)")
+    return str(int(text))
 
 
 def model_name(args: argparse.Namespace) -> tuple[str, Any]:
