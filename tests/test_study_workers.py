@@ -1,15 +1,20 @@
 """Scale-out of a tuning stage: worker processes share one Optuna study through the
-journal file, as `python pipelines/tune_<x>.py` started several times does."""
+journal file, as `python pipelines/tune_<x>.py` started several times does; a database
+storage's URL and errors (the same on PostgreSQL: test_postgres_tuning.py)."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import optuna
+import pytest
 
 from cxrdet.config import PrunerParams, StudyParams
-from cxrdet.tuning.study import FINISHED, make_pruner, open_study
+from cxrdet.errors import CxrdetError
+from cxrdet.tuning.study import FINISHED, make_pruner, open_study, storage_url
 
 TRIALS = 12
 WORKER = """
@@ -48,3 +53,22 @@ def test_two_workers_share_one_journal_study_without_duplicate_trials(tmp_path):
     assert study.best_params["x"] == next(t.params["x"] for t in trials if t.value == study.best_value)
     assert all(trial.state == optuna.trial.TrialState.COMPLETE for trial in trials)
     assert {trial.user_attrs["worker"] for trial in trials} == {"0", "1"}
+
+
+def test_a_plain_postgresql_url_gets_the_installed_driver():
+    assert storage_url("postgresql://u:pw@db:5432/optuna") == "postgresql+psycopg://u:pw@db:5432/optuna"
+    assert storage_url("postgresql+psycopg2://u@db/optuna") == "postgresql+psycopg2://u@db/optuna"
+    assert storage_url("sqlite:///study.db") == "sqlite:///study.db"
+    with pytest.raises(CxrdetError, match="not a database URL"):
+        storage_url("db-host:5432")
+
+
+def test_an_unreachable_study_database_is_an_error_naming_it_without_its_password():
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        url = f"postgresql://optuna:secret@127.0.0.1:{probe.getsockname()[1]}/optuna"
+    params = StudyParams(storage=url)
+    with pytest.raises(CxrdetError, match=r"study\.storage postgresql\+psycopg://optuna:\*\*\*@127.0.0.1:\d+/optuna: "
+                                          r"cannot open the database: .*refused") as error:
+        open_study("s", params, Path("unused.journal"), make_pruner(PrunerParams(name="none"), 1))
+    assert "secret" not in str(error.value)

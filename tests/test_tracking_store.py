@@ -58,3 +58,24 @@ def test_parallel_first_stages_share_one_fresh_store(tmp_path):
         runs = db.execute("SELECT name, status FROM runs").fetchall()
     assert len(experiments) == 1
     assert sorted(runs) == [(f"worker-{k}", "FINISHED") for k in range(4)]
+
+
+def test_an_unreachable_tracking_server_is_an_error_naming_it(tmp_path, monkeypatch):
+    import socket
+
+    from cxrdet.errors import CxrdetError
+    from cxrdet.tracking.store import configure, ensure_experiment
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setattr("cxrdet.tracking.store.USER_TRACKING_URI", None)
+    configure(tmp_path, url)
+    try:
+        with pytest.raises(CxrdetError, match=f"MLflow tracking store {url}: .*"):
+            ensure_experiment("cxrdet", tmp_path)
+    finally:
+        import mlflow
+
+        mlflow.set_tracking_uri(None)

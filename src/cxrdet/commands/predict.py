@@ -2,6 +2,10 @@
 
     cxrdet predict --model models:/cxrdet-rsna@champion --input stage_2_test_images/ --format rsna --out sub.csv
     cxrdet predict --run-dir . --input stage_2_test_images/ --format rsna --out submission.csv
+    cxrdet predict --engine spark --model models:/cxrdet-rsna@champion --input images/ --out sub.csv
+
+--engine spark: the same submission from a Spark job, the model as an MLflow Spark UDF (see
+cxrdet.serving.spark: a folder or a table of image paths, spark-submit, clusters).
 
 --model / --run-dir: a registered model (models:/<name>@<alias> or models:/<name>/<version>,
 from the project's MLflow store or MLFLOW_TRACKING_URI; an alias is resolved to its version
@@ -18,6 +22,7 @@ import argparse
 from pathlib import Path
 
 from cxrdet.commands.arguments import FORMATS, add_command
+from cxrdet.serving.spark import add_arguments as add_engine_arguments
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--chunk", type=int, default=64, help="images decoded and predicted together (memory bound)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
+    add_engine_arguments(parser)  # --engine spark: cxrdet.serving.spark
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,6 +56,10 @@ def run(args: argparse.Namespace) -> int:
         os.environ.setdefault(key, value)
     if args.chunk < 1:
         raise CxrdetError(f"--chunk must be a positive integer, got {args.chunk}")
+    if args.engine == "spark":
+        from cxrdet.serving.spark import predict_on_spark
+
+        return predict_on_spark(args)
     found = list(image_files(args.input))
     if not found:
         raise CxrdetError(f"{args.input}: no .dcm, .dicom, .png, .jpg or .jpeg images found")

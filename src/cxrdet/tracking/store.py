@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
+from cxrdet.errors import CxrdetError
+
 # mlflow.set_tracking_uri writes MLFLOW_TRACKING_URI into this process's environment: only
 # the value the process started with is the user's override (a later configure() for another
 # project must not inherit the previous project's store).
@@ -62,19 +64,41 @@ def ensure_experiment(name: str, root: Path) -> str:
 
     The first touch of a sqlite store creates its schema; parallel stages (`dvc queue start
     -j N`, torchrun ranks, tuning workers) would race on it, so it happens under a file lock.
+    Stages on several machines sharing a tracking server or database race on creating the
+    experiment: the losers take the winner's. A store that cannot be reached raises
+    CxrdetError naming it.
     """
     import mlflow
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+    from sqlalchemy.exc import SQLAlchemyError
 
+    uri = mlflow.get_tracking_uri()
     with _setup_lock(root):
-        client = MlflowClient()
-        experiment = client.get_experiment_by_name(name)
-        if experiment is not None:
-            return experiment.experiment_id
-        # A tracking server stores (or proxies) artifacts itself; a local store keeps them in mlruns/.
-        served = urlparse(mlflow.get_tracking_uri()).scheme in ("http", "https")
-        location = None if served else (artifact_root(root) / name).as_uri()
-        return client.create_experiment(name, artifact_location=location)
+        try:
+            client = MlflowClient()
+            experiment = client.get_experiment_by_name(name)
+            if experiment is not None:
+                return experiment.experiment_id
+            # A tracking server stores (or proxies) artifacts itself; a local store keeps them in mlruns/.
+            served = urlparse(uri).scheme in ("http", "https")
+            location = None if served else (artifact_root(root) / name).as_uri()
+            return client.create_experiment(name, artifact_location=location)
+        except MlflowException as error:
+            # Stages on other machines (the lock is this machine's) may have created it meanwhile.
+            if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                raise CxrdetError(f"MLflow tracking store {_shown(uri)}: {error.message}") from None
+            return client.get_experiment_by_name(name).experiment_id
+        except SQLAlchemyError as error:  # a database URI that does not answer (after MLflow's retries)
+            reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+            raise CxrdetError(f"MLflow tracking store {_shown(uri)}: {reason}") from None
+
+
+def _shown(uri: str) -> str:
+    """`uri` without its password."""
+    parsed = urlparse(uri)
+    return uri if parsed.password is None else uri.replace(f":{parsed.password}@", ":***@", 1)
 
 
 @contextmanager

@@ -27,8 +27,11 @@ import optuna
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from cxrdet.config import PrunerParams, StudyParams
+from cxrdet.errors import CxrdetError
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 Objective = Callable[[optuna.Trial], float]
@@ -39,17 +42,40 @@ def study_name(prefix: str, identity: Mapping[str, Any]) -> str:
     return f"{prefix}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
+def storage_url(spec: str) -> str:
+    """`spec` as SQLAlchemy takes it: a plain postgresql:// URL gets the psycopg (3) driver,
+    which the `postgres` extra installs (SQLAlchemy's default for it is psycopg2)."""
+    try:
+        url = make_url(spec)
+    except ArgumentError:
+        raise CxrdetError(f"study.storage {spec!r}: not a database URL (e.g. postgresql://user@host/optuna)") from None
+    if url.drivername == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")
+    return url.render_as_string(hide_password=False)
+
+
 def open_storage(spec: str | None, journal: Path) -> optuna.storages.BaseStorage:
-    """`spec` None: the journal file `journal`; otherwise an RDB URL."""
+    """`spec` None: the journal file `journal`; otherwise an RDB URL (CxrdetError naming it
+    when its driver is missing or the database does not answer)."""
     if spec is None:
         journal.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(journal)))
-    if spec.startswith("sqlite"):
+    url = storage_url(spec)
+    if url.startswith("sqlite"):
         warnings.warn(
             "study.storage: sqlite locks under parallel workers; use the journal file (null) or PostgreSQL",
             stacklevel=2,
         )
-    return optuna.storages.RDBStorage(spec)
+    shown = make_url(url).render_as_string(hide_password=True)
+    try:
+        return optuna.storages.RDBStorage(url)
+    except ImportError as error:
+        raise CxrdetError(
+            f"study.storage {shown}: no database driver ({error}); for PostgreSQL: pip install -e '.[postgres]'"
+        ) from None
+    except SQLAlchemyError as error:
+        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        raise CxrdetError(f"study.storage {shown}: cannot open the database: {reason}") from None
 
 
 def make_pruner(params: PrunerParams, max_epochs: int) -> optuna.pruners.BasePruner:
