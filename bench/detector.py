@@ -61,7 +61,7 @@ from cxrdet.models.retinanet import (
     pyramid_levels,
 )
 from cxrdet.models.two_stage import FpnBody, TwoStageConfig, TwoStageDetector
-from cxrdet.train.device import amp_dtype
+from cxrdet.runtime.device import amp_dtype
 
 SCALES, RATIOS = (1.0, 2 ** (1 / 3), 2 ** (2 / 3)), (0.5, 1.0, 2.0)  # 9 anchors, the reference's
 

@@ -79,7 +79,7 @@ from cxrdet.train.detector import (
     train_detector,
 )
 from cxrdet.train.loop import fit
-from cxrdet.train.runtime import Runtime, start_runtime
+from cxrdet.runtime.session import Runtime, start_runtime
 
 PROJECT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("CXRDET_NIH_BBOX", PROJECT.parent / "shared/data/nih-bbox"))
@@ -389,8 +389,8 @@ def stock_predictions(
     model: nn.Module, task: StockTask, parts: Parts, image_ids: list[str], size: int
 ) -> pd.DataFrame:
     from cxrdet.data.detection import boxes_to_original
-    from cxrdet.train.distributed import DistContext
-    from cxrdet.train.inference import predict_dataset
+    from cxrdet.runtime.distributed import DistContext
+    from cxrdet.runtime.inference import predict_dataset
 
     prepared = parts.prepared
     dataset = DetectionDataset(

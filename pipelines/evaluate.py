@@ -48,7 +48,7 @@ from cxrdet.metrics.competition import metric_name, resolve_objective
 from cxrdet.paths import project_root, resolve
 from cxrdet.submission import write_folder_submission, write_rsna_submission, write_vinbigdata_submission
 from cxrdet.tracking.runs import log_numeric, stage_run
-from cxrdet.train.runtime import start_runtime, stop_runtime
+from cxrdet.runtime.session import start_runtime, stop_runtime
 
 OUT = "results/evaluate"
 PR_POINTS = 2000  # pr.csv keeps at most this many points (DVC renders every row)

@@ -22,8 +22,8 @@ from cxrdet.models.backbone import check_timm_name, create_backbone, save_backbo
 from cxrdet.paths import project_root
 from cxrdet.tracking.runs import log_numeric, stage_run
 from cxrdet.train.classifier import pretrain_backbone, pretrain_summary
-from cxrdet.train.runtime import start_runtime, stop_runtime
-from cxrdet.train.seed import seed_everything
+from cxrdet.runtime.session import start_runtime, stop_runtime
+from cxrdet.runtime.seed import seed_everything
 
 CHECKPOINTS = "models/checkpoints/pretrain"
 

@@ -26,7 +26,7 @@ from cxrdet.paths import project_root
 from cxrdet.tracking.runs import log_numeric, stage_run
 from cxrdet.train.classifier import predict_views, train_fold_classifier
 from cxrdet.train.predictions import opacity_truth, plot_roc, roc_curves, summarize
-from cxrdet.train.runtime import start_runtime, stop_runtime
+from cxrdet.runtime.session import start_runtime, stop_runtime
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ from cxrdet.io import write_json, write_parquet
 from cxrdet.paths import project_root
 from cxrdet.tracking.runs import log_numeric, stage_run
 from cxrdet.train.detector import backbone_source, detector_data, train_families, truth_boxes, view_rsna
-from cxrdet.train.runtime import start_runtime, stop_runtime
+from cxrdet.runtime.session import start_runtime, stop_runtime
 
 ANCHORS = "results/tuning/anchors.json"
 

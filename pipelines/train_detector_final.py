@@ -46,7 +46,7 @@ from cxrdet.train.detector import (
     fold_best_epochs,
     train_families,
 )
-from cxrdet.train.runtime import start_runtime, stop_runtime
+from cxrdet.runtime.session import start_runtime, stop_runtime
 
 STAGE = "train_detector_final"
 ANCHORS = "results/tuning/anchors.json"

@@ -22,7 +22,7 @@ from cxrdet.models.retinanet import create_detector_backbone, pyramid_levels
 from cxrdet.paths import project_root
 from cxrdet.tracking.runs import log_numeric, stage_run
 from cxrdet.train.detector import detector_data, resolve_anchors
-from cxrdet.train.runtime import start_runtime, stop_runtime
+from cxrdet.runtime.session import start_runtime, stop_runtime
 from cxrdet.tuning.anchors import tune_anchors
 
 OUT = "results/tuning/anchors.json"

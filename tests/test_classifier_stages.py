@@ -179,7 +179,7 @@ def test_out_of_fold_auc_shows_real_learning(tmp_path):
     from cxrdet.models.backbone import save_backbone
     from cxrdet.train.classifier import predict_views, pretrain_backbone, train_fold_classifier
     from cxrdet.train.predictions import opacity_auc, opacity_truth
-    from cxrdet.train.runtime import start_runtime
+    from cxrdet.runtime.session import start_runtime
 
     spec = DemoSpec(
         seed=2018,

@@ -28,7 +28,7 @@ from cxrdet.train.detector import (
     truth_boxes,
     view_rsna,
 )
-from cxrdet.train.runtime import start_runtime
+from cxrdet.runtime.session import start_runtime
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

@@ -30,7 +30,7 @@ from cxrdet.models.retinanet import save_detector
 from cxrdet.submission import read_rsna_submission
 from cxrdet.train.classifier import FoldClassifier, classification_targets, predict_views
 from cxrdet.train.detector import decode_config, detector_data, predict_detector, seeded_detector
-from cxrdet.train.runtime import start_runtime
+from cxrdet.runtime.session import start_runtime
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ from cxrdet.train.checkpoint import BEST, LAST
 from cxrdet.train.classifier import classification_targets
 from cxrdet.train.loop import fit
 from cxrdet.train.optim import lr_factor
-from cxrdet.train.seed import configure_determinism, seed_everything
+from cxrdet.runtime.seed import configure_determinism, seed_everything
 from cxrdet.train.tasks import SingleLabelTask, balanced_class_weights
 
 pytest_plugins = ["prepared_demo"]

@@ -47,8 +47,8 @@ from cxrdet.data.datasets import CachedImages, normalize
 from cxrdet.data.detection import boxes_to_original
 from cxrdet.models.families import detect
 from cxrdet.models.retinanet import DecodeConfig
-from cxrdet.train.distributed import DistContext
-from cxrdet.train.inference import predict_dataset
+from cxrdet.runtime.distributed import DistContext
+from cxrdet.runtime.inference import predict_dataset
 
 ORIGINAL = "original"
 FINAL_FOLD = -1  # the final model's `fold`: the split's HOLDOUT, the only images it did not see

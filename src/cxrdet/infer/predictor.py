@@ -35,13 +35,12 @@ from cxrdet.data.images import IMAGE_SUFFIXES, read_image
 from cxrdet.ensemble import Ensembled, EnsembleRecipe, MemberPredictions, apply_recipe
 from cxrdet.errors import CxrdetError
 from cxrdet.infer.detector_tta import detection_views, predict_views, prediction_tables
-from cxrdet.infer.tta import predict_tta, tta_views
+from cxrdet.infer.tta import predict_tta, tta_views, view_table
 from cxrdet.io import write_json
 from cxrdet.models.classifier import load_classifier
 from cxrdet.models.families import MODEL_FILES, load_any_detector
 from cxrdet.models.retinanet import DecodeConfig
-from cxrdet.train.classifier import view_table
-from cxrdet.train.device import select_device
+from cxrdet.runtime.device import select_device
 
 SPEC_FILE = "predictor.json"
 ENSEMBLE_FILE = "results/tuning/ensemble.json"

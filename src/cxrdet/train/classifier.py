@@ -23,11 +23,11 @@ from cxrdet.data.augment import classifier_augmentation
 from cxrdet.data.datasets import CachedImages, ClassificationDataset, Prepared
 from cxrdet.data.folds import HOLDOUT
 from cxrdet.errors import ConfigError, CxrdetError
-from cxrdet.infer.tta import predict_tta, tta_views
+from cxrdet.infer.tta import predict_tta, tta_views, view_table
 from cxrdet.models.classifier import Classifier, build_classifier
 from cxrdet.train.loop import FitResult, fit
-from cxrdet.train.runtime import Runtime
-from cxrdet.train.seed import seed_everything
+from cxrdet.runtime.session import Runtime
+from cxrdet.runtime.seed import seed_everything
 from cxrdet.train.tasks import MultiLabelTask, SingleLabelTask, balanced_class_weights
 
 OPACITY_CLASSES = ["no_opacity", "opacity"]
@@ -260,24 +260,6 @@ def predict_views(
         context=runtime.context,
     )
     return view_table(probs, image_ids, config, [view.name for view in views])
-
-
-def view_table(
-    probs: np.ndarray, image_ids: Sequence[str], config: dict[str, Any], views: Sequence[str]
-) -> pd.DataFrame:
-    """The prediction table of TTA probabilities (images, views, classes) of the classifier
-    described by `config` (see train_fold_classifier): one row per (image, view)."""
-    count = len(image_ids)
-    return pd.DataFrame(
-        {
-            "image_id": np.repeat(np.asarray(image_ids, dtype=object), len(views)),
-            "fold": config["fold"],
-            "model": config["variant"],
-            "view": list(views) * count,
-            "opacity": probs[:, :, config["positive"]].sum(axis=2).reshape(-1),
-            "probs": list(probs.reshape(count * len(views), -1)),
-        }
-    )
 
 
 def pretrain_summary(result: FitResult) -> dict[str, Any]:

@@ -47,10 +47,10 @@ from cxrdet.models.retinanet import (
 )
 from cxrdet.models.two_stage import TwoStageConfig, TwoStageDetector, save_two_stage
 from cxrdet.train.classifier import classification_targets, file_digest
-from cxrdet.train.distributed import unwrap
+from cxrdet.runtime.distributed import unwrap
 from cxrdet.train.loop import FitResult, fit
-from cxrdet.train.runtime import Runtime
-from cxrdet.train.seed import seed_everything
+from cxrdet.runtime.session import Runtime
+from cxrdet.runtime.seed import seed_everything
 from cxrdet.viz import sample_grid
 
 LogFn = Callable[[dict[str, float], int], None]

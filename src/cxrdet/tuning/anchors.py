@@ -46,7 +46,7 @@ from cxrdet.train.detector import (
     training_box_sizes,
     weights_identity,
 )
-from cxrdet.train.runtime import Runtime
+from cxrdet.runtime.session import Runtime
 from cxrdet.tuning.study import (
     finished_trials,
     make_pruner,
