@@ -50,15 +50,14 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
+from common import Report, Row, arguments, emit
+from detector import RATIOS, SCALES, TimmFpn
 from torch import nn
-from tqdm import tqdm
 from torchvision.models.detection import FasterRCNN as StockFasterRCNN
 from torchvision.models.detection import RetinaNet as StockRetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import MultiScaleRoIAlign
-
-from common import Report, Row, arguments, emit
-from detector import RATIOS, SCALES, TimmFpn
+from tqdm import tqdm
 
 from cxrdet.config import DetectorParams, TrainParams, deep_merge
 from cxrdet.data.datasets import CachedImages, Prepared, read_prepared
@@ -67,19 +66,18 @@ from cxrdet.data.folds import HOLDOUT, make_folds
 from cxrdet.data.prepare import PrepareOptions, prepare_dataset
 from cxrdet.ensemble.recipe import EnsembleRecipe, Fusion, Gating, MemberPredictions, apply_recipe
 from cxrdet.metrics import mean_average_precision, rsna_score
+from cxrdet.metrics.detection import best_threshold, rsna_by_threshold
 from cxrdet.models.retinanet import create_detector_backbone
 from cxrdet.models.two_stage import FpnBody
+from cxrdet.runtime.session import Runtime, start_runtime
 from cxrdet.train.detector import (
     DetectionTask,
-    best_threshold,
     detector_data,
     predict_detector,
-    rsna_by_threshold,
     seeded_family,
     train_detector,
 )
 from cxrdet.train.loop import fit
-from cxrdet.runtime.session import Runtime, start_runtime
 
 PROJECT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("CXRDET_NIH_BBOX", PROJECT.parent / "shared/data/nih-bbox"))
@@ -437,8 +435,8 @@ def train_ours(
     workdir: Path,
 ) -> tuple[nn.Module, int, float, DetectorParams]:
     from cxrdet.data.box_augment import BoxAugmentSettings, detector_augmentation
-    from cxrdet.models.retinanet import RetinaNetLoss
-    from cxrdet.train.detector import family_settings, loss_config
+    from cxrdet.models.retinanet import RetinaNetLoss, loss_config
+    from cxrdet.train.detector import family_settings
 
     prepared = parts.prepared
     data = detector_data(prepared, params)

@@ -32,12 +32,11 @@ from cxrdet.data.sources.synthetic import DemoSpec, synthesize
 from cxrdet.ensemble import EnsembleRecipe
 from cxrdet.infer.predictor import PredictorSpec, save_bundle
 from cxrdet.models.classifier import build_classifier, save_classifier
-from cxrdet.models.retinanet import save_detector
+from cxrdet.models.retinanet import build_retinanet, decode_config, save_detector
 from cxrdet.serving.inputs import frame_of, png_example
 from cxrdet.serving.package import save_ensemble
 from cxrdet.serving.server import invoke, model_server
 from cxrdet.train.classifier import OPACITY_CLASSES
-from cxrdet.train.detector import build_detector, decode_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RSNA_LABELS = ["Normal", "No Lung Opacity / Not Normal", "Lung Opacity"]  # what the demo's prepare writes
@@ -76,7 +75,7 @@ def untrained_bundle(params: Params, out: Path, seed: int = 0) -> Path:
         relative = f"models/detector/fold{fold}/model.pt"
         config = {"fold": fold, "name": detector.name, "image_size": detector.image_size, "class_names": BOX_CLASSES,
                   "image_class_names": image_classes, "positive": positive, "decode": asdict(decode_config(detector))}
-        save_detector(source / relative, build_detector(detector, len(BOX_CLASSES), len(image_classes)), config)
+        save_detector(source / relative, build_retinanet(detector, len(BOX_CLASSES), len(image_classes)), config)
         detectors.append(relative)
     prepare = params.prepare
     spec = PredictorSpec(

@@ -26,7 +26,7 @@ from cxrdet.config import TrainParams, load_params
 from cxrdet.ensemble import EnsembleRecipe, MemberPredictions
 from cxrdet.infer.detector_tta import detection_views, predict_views
 from cxrdet.infer.predictor import ArrayImages
-from cxrdet.train.detector import build_detector, decode_config
+from cxrdet.models.retinanet import build_retinanet, decode_config
 from cxrdet.tuning.ensemble import TuningData, score_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +89,7 @@ def detector_seconds(images: int, device: torch.device) -> float:
     """Seconds to run the demo detector over `images` images and its TTA views."""
     params = load_params(ROOT / "params.yaml").detector
     torch.manual_seed(0)
-    model = build_detector(params, num_classes=1, image_classes=3).to(device).eval()
+    model = build_retinanet(params, num_classes=1, image_classes=3).to(device).eval()
     rng = np.random.default_rng(0)
     arrays = [rng.integers(0, 256, (params.image_size, params.image_size), dtype=np.uint8) for _ in range(images)]
     runtime = TrainParams(device=device.type, progress=False)
@@ -101,7 +101,12 @@ def detector_seconds(images: int, device: torch.device) -> float:
 
 
 def main() -> None:
-    from common import Report, Row, arguments, emit  # bench/common.py; here, as the tests import this file
+    from common import (  # bench/common.py; here, as the tests import this file
+        Report,
+        Row,
+        arguments,
+        emit,
+    )
 
     parser = arguments(__doc__, "100 images, times extrapolated to 1,000")
     args = parser.parse_args()

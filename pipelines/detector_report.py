@@ -17,13 +17,16 @@ import mlflow
 import pandas as pd
 
 from cxrdet.config import load_params
-from cxrdet.data.datasets import read_prepared
+from cxrdet.data.datasets import read_prepared, truth_boxes
 from cxrdet.data.folds import HOLDOUT
 from cxrdet.errors import CxrdetError, exit_code_of
+from cxrdet.evaluation import fold_overlay, folds_report
+from cxrdet.infer.detector_tta import ORIGINAL
 from cxrdet.io import write_json
+from cxrdet.metrics.detection import view_rsna
 from cxrdet.paths import project_root
 from cxrdet.tracking.runs import log_numeric, stage_run
-from cxrdet.train.detector import draw_overlay, family_settings, folds_report, truth_boxes, view_rsna
+from cxrdet.train.detector import family_settings
 
 
 def main() -> None:
@@ -49,7 +52,7 @@ def main() -> None:
         final = pd.read_parquet(root / "results/detector/final/holdout_boxes.parquet")
         truth = truth_boxes(prepared, split.loc[split["fold"] == HOLDOUT, "image_id"].tolist())
         for name, other in reports.items():
-            score = view_rsna(truth, final[final["model"] == name], threshold=other.threshold)[0]
+            score = view_rsna(truth, final[final["model"] == name], ORIGINAL, threshold=other.threshold)[0]
             other.metrics["final"] = {"holdout_rsna_score": score}
     report = reports[names[0]]
     if len(names) > 1:
@@ -61,7 +64,7 @@ def main() -> None:
         params={"detector.folds": folds, "detector.families": names}, tracking_uri=params.tracking.tracking_uri,
     ):
         write_json(report.metrics, out / "metrics.json")
-        draw_overlay(
+        fold_overlay(
             prepared, split.loc[split["fold"] == HOLDOUT, "image_id"].tolist(),
             boxes["holdout"][report.best_fold].query("model == @names[0]"),
             report.threshold, out / "holdout.png", f"fold{report.best_fold} {names[0]}",

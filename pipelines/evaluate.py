@@ -35,7 +35,7 @@ from cxrdet.evaluation import (
     Holdout,
     ablations,
     auc,
-    overlay_grid,
+    holdout_overlay,
     plot_curves,
     precision_recall,
     roc_inputs,
@@ -46,9 +46,13 @@ from cxrdet.infer.predictor import EnsemblePredictor, LoadedImages, project_spec
 from cxrdet.io import write_csv, write_json
 from cxrdet.metrics.competition import metric_name, resolve_objective
 from cxrdet.paths import project_root, resolve
-from cxrdet.submission import write_folder_submission, write_rsna_submission, write_vinbigdata_submission
-from cxrdet.tracking.runs import log_numeric, stage_run
 from cxrdet.runtime.session import start_runtime, stop_runtime
+from cxrdet.submission import (
+    write_folder_submission,
+    write_rsna_submission,
+    write_vinbigdata_submission,
+)
+from cxrdet.tracking.runs import log_numeric, stage_run
 
 OUT = "results/evaluate"
 PR_POINTS = 2000  # pr.csv keeps at most this many points (DVC renders every row)
@@ -135,7 +139,7 @@ def report(
     write_csv(pr.iloc[:: max(1, -(-len(pr) // PR_POINTS))], out / "pr.csv")
     plot_curves(threshold, predictor.recipe.score_threshold, metric, pr, roc_inputs(holdout, final, probabilities),
                 truth, {kind: out / f"{kind}.png" for kind in ("threshold", "pr", "roc")})
-    overlay_grid(loaded.images.arrays, ids, loaded.sizes, holdout.truth, final, out / "overlay.png")
+    holdout_overlay(loaded.images.arrays, ids, loaded.sizes, holdout.truth, final, out / "overlay.png")
     return metrics
 
 

@@ -22,14 +22,17 @@ import mlflow
 import pandas as pd
 
 from cxrdet.config import load_params
-from cxrdet.data.datasets import read_prepared
+from cxrdet.data.datasets import read_prepared, truth_boxes
 from cxrdet.data.folds import HOLDOUT
 from cxrdet.errors import ConfigError, CxrdetError, exit_code_of
+from cxrdet.infer.detector_tta import ORIGINAL
 from cxrdet.io import write_json, write_parquet
+from cxrdet.metrics.detection import view_rsna
+from cxrdet.models.backbone import backbone_source
 from cxrdet.paths import project_root
-from cxrdet.tracking.runs import log_numeric, stage_run
-from cxrdet.train.detector import backbone_source, detector_data, train_families, truth_boxes, view_rsna
 from cxrdet.runtime.session import start_runtime, stop_runtime
+from cxrdet.tracking.runs import log_numeric, stage_run
+from cxrdet.train.detector import detector_data, train_families
 
 ANCHORS = "results/tuning/anchors.json"
 
@@ -88,8 +91,8 @@ def main() -> None:
                 name, tables, result = done.settings.name, done.tables, done.result
                 for part, table in tables.items():
                     parts[part].append(table)
-                oof_score, threshold = view_rsna(truth_boxes(prepared, ids["oof"]), tables["oof"][0])
-                holdout_score, _ = view_rsna(truth_boxes(prepared, ids["holdout"]), tables["holdout"][0], threshold=threshold)
+                oof_score, threshold = view_rsna(truth_boxes(prepared, ids["oof"]), tables["oof"][0], ORIGINAL)
+                holdout_score, _ = view_rsna(truth_boxes(prepared, ids["holdout"]), tables["holdout"][0], ORIGINAL, threshold=threshold)
                 scores[name] = {
                     "best_epoch": result.best_epoch, f"best_val_{detector.monitor}": result.best_score,
                     "oof_rsna_score": oof_score, "oof_rsna_threshold": threshold, "holdout_rsna_score": holdout_score,

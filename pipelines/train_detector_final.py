@@ -36,17 +36,17 @@ from cxrdet.errors import CxrdetError, exit_code_of
 from cxrdet.infer.detector_tta import BOX_COLUMNS, FINAL_FOLD, KEY_COLUMNS
 from cxrdet.infer.predictor import FINAL_DIR, FINAL_MARKER
 from cxrdet.io import write_json, write_parquet
+from cxrdet.models.backbone import backbone_source
 from cxrdet.paths import project_root
+from cxrdet.runtime.session import start_runtime, stop_runtime
 from cxrdet.tracking.runs import log_numeric, stage_run
 from cxrdet.train.detector import (
-    backbone_source,
     detector_data,
     family_settings,
     final_epochs,
     fold_best_epochs,
     train_families,
 )
-from cxrdet.runtime.session import start_runtime, stop_runtime
 
 STAGE = "train_detector_final"
 ANCHORS = "results/tuning/anchors.json"

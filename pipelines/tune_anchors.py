@@ -18,11 +18,12 @@ from cxrdet.data.datasets import read_prepared
 from cxrdet.data.folds import HOLDOUT
 from cxrdet.errors import exit_code_of
 from cxrdet.io import write_json
+from cxrdet.models.anchors import resolve_anchors
 from cxrdet.models.retinanet import create_detector_backbone, pyramid_levels
 from cxrdet.paths import project_root
-from cxrdet.tracking.runs import log_numeric, stage_run
-from cxrdet.train.detector import detector_data, resolve_anchors
 from cxrdet.runtime.session import start_runtime, stop_runtime
+from cxrdet.tracking.runs import log_numeric, stage_run
+from cxrdet.train.detector import detector_data
 from cxrdet.tuning.anchors import tune_anchors
 
 OUT = "results/tuning/anchors.json"

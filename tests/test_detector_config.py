@@ -9,7 +9,7 @@ import yaml
 
 from cxrdet.config import validate_params
 from cxrdet.errors import ConfigError
-from cxrdet.train.detector import build_detector
+from cxrdet.models.retinanet import build_retinanet
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,17 +65,17 @@ def test_bad_anchor_search_params_name_the_key(tune, message):
 def test_an_image_size_off_the_largest_stride_names_the_key():
     params = validate_params(params_with(detector={"image_size": 96, "weights": "none"})).detector
     with pytest.raises(ConfigError, match=r"detector\.image_size: 96 is not a multiple of the largest stride 128 .* use 128"):
-        build_detector(params, num_classes=1, image_classes=3)
+        build_retinanet(params, num_classes=1, image_classes=3)
 
 
 def test_anchor_sizes_must_cover_every_level():
     detector = {"weights": "none", "anchors": {"base_size": 2, "sizes": [16, 32], "scales": [1.0], "ratios": [1.0]}}
     params = validate_params(params_with(detector=detector)).detector
     with pytest.raises(ConfigError, match=r"detector\.anchors\.sizes: 2 sizes for 5 pyramid levels"):
-        build_detector(params, num_classes=1, image_classes=0)
+        build_retinanet(params, num_classes=1, image_classes=0)
 
 
 def test_unknown_backbone_names_the_key():
     params = validate_params(params_with(detector={"backbone": "resnet_nope", "weights": "none"})).detector
     with pytest.raises(ConfigError, match=r"detector\.backbone: unknown timm model 'resnet_nope'"):
-        build_detector(params, num_classes=1, image_classes=0)
+        build_retinanet(params, num_classes=1, image_classes=0)

@@ -12,23 +12,17 @@ import pytest
 import torch
 
 from cxrdet.config import TrainParams, load_params
-from cxrdet.data.datasets import read_prepared
+from cxrdet.data.datasets import read_prepared, truth_boxes
 from cxrdet.data.folds import HOLDOUT, make_folds
 from cxrdet.data.prepare import PrepareOptions, prepare_dataset
 from cxrdet.data.sources.synthetic import DemoSpec
 from cxrdet.data.sources.synthetic.rsna import write_rsna
+from cxrdet.infer.detector_tta import ORIGINAL
 from cxrdet.io import write_parquet
 from cxrdet.metrics import rsna_score
-from cxrdet.train.detector import (
-    detector_data,
-    mean_box_baseline,
-    predict_detector,
-    seeded_detector,
-    train_detector,
-    truth_boxes,
-    view_rsna,
-)
+from cxrdet.metrics.detection import mean_box_baseline, view_rsna
 from cxrdet.runtime.session import start_runtime
+from cxrdet.train.detector import detector_data, predict_detector, seeded_detector, train_detector
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,9 +66,9 @@ def test_a_demo_fold_detector_beats_the_mean_box_on_the_holdout(demo, tmp_path):
     result = train_detector(model, detector, data, prepared, train_ids, val_ids, runtime, tmp_path, identity={})
     assert result.best_epoch > 0
     oof, _ = predict_detector(model, detector, data, prepared, val_ids, runtime, 0)
-    _, threshold = view_rsna(truth_boxes(prepared, val_ids), oof)
+    _, threshold = view_rsna(truth_boxes(prepared, val_ids), oof, ORIGINAL)
     holdout, _ = predict_detector(model, detector, data, prepared, holdout_ids, runtime, 0)
-    score, _ = view_rsna(truth_boxes(prepared, holdout_ids), holdout, threshold=threshold)
+    score, _ = view_rsna(truth_boxes(prepared, holdout_ids), holdout, ORIGINAL, threshold=threshold)
     trained_on = prepared.boxes[prepared.boxes["image_id"].isin(train_ids)]
     holdout_images = prepared.images[prepared.images["image_id"].isin(holdout_ids)]
     baseline = rsna_score(truth_boxes(prepared, holdout_ids), mean_box_baseline(trained_on, prepared.images, holdout_images)).score
@@ -111,7 +105,7 @@ def test_short_training_overfits_a_handful_of_images_and_resumes_when_killed(dem
     losses = [epoch["train_loss"] for epoch in result.history]
     assert losses[-1] < 0.5 * losses[0]
     boxes, _ = predict_detector(model, detector, data, prepared, chosen, runtime, 0)
-    score, _ = view_rsna(truth_boxes(prepared, chosen), boxes)
+    score, _ = view_rsna(truth_boxes(prepared, chosen), boxes, ORIGINAL)
     assert score > 0.3  # it found the lesions it was shown (PITFALLS: "trains" but outputs nothing)
 
     with pytest.raises(Interrupted):

@@ -26,11 +26,11 @@ from cxrdet.data.folds import HOLDOUT
 from cxrdet.infer.predictor import EnsemblePredictor, project_spec, save_bundle
 from cxrdet.io import write_parquet
 from cxrdet.models.classifier import build_classifier, save_classifier
-from cxrdet.models.retinanet import save_detector
+from cxrdet.models.retinanet import decode_config, save_detector
+from cxrdet.runtime.session import start_runtime
 from cxrdet.submission import read_rsna_submission
 from cxrdet.train.classifier import FoldClassifier, classification_targets, predict_views
-from cxrdet.train.detector import decode_config, detector_data, predict_detector, seeded_detector
-from cxrdet.runtime.session import start_runtime
+from cxrdet.train.detector import detector_data, predict_detector, seeded_detector
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

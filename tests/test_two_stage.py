@@ -20,8 +20,8 @@ from cxrdet.models.deformable import deformable_layers
 from cxrdet.models.families import load_any_detector
 from cxrdet.models.relation import ObjectRelation
 from cxrdet.models.retinanet import DecodeConfig
-from cxrdet.models.two_stage import save_two_stage
-from cxrdet.train.detector import TwoStageTask, build_two_stage
+from cxrdet.models.two_stage import build_two_stage, save_two_stage
+from cxrdet.train.detector import TwoStageTask
 from cxrdet.train.loop import fit
 
 ROOT = Path(__file__).resolve().parents[1]

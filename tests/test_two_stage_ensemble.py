@@ -18,9 +18,9 @@ from cxrdet.ensemble import FUSERS, EnsembleRecipe, Gating
 from cxrdet.evaluation import Holdout, ablations, only_models
 from cxrdet.infer.detector_tta import BOX_COLUMNS, detection_views, predict_views, prediction_tables
 from cxrdet.infer.predictor import ArrayImages, EnsemblePredictor, PredictorSpec
-from cxrdet.models.retinanet import save_detector
-from cxrdet.models.two_stage import save_two_stage
-from cxrdet.train.detector import build_detector, build_two_stage, decode_config, family_settings
+from cxrdet.models.retinanet import build_retinanet, decode_config, save_detector
+from cxrdet.models.two_stage import build_two_stage, save_two_stage
+from cxrdet.train.detector import family_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 128
@@ -67,7 +67,7 @@ def test_two_stage_tables_follow_the_contract(detector_params):
 
 
 def test_predictor_fuses_both_families_and_ablation_has_their_rows(detector_params, tmp_path):
-    retinanet = build_detector(detector_params, num_classes=1, image_classes=3).eval()
+    retinanet = build_retinanet(detector_params, num_classes=1, image_classes=3).eval()
     two_stage = build_two_stage(detector_params, num_classes=1).eval()
     common = {"image_size": SIZE, "class_names": ["Lung Opacity"]}
     for fold in (0, 1):

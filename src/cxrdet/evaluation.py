@@ -18,18 +18,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cxrdet.data.cache import read_cached
+from cxrdet.data.datasets import Prepared, truth_boxes
+from cxrdet.data.folds import HOLDOUT
 from cxrdet.ensemble import FUSERS, EnsembleRecipe, Fusion, Gating, MemberPredictions, apply_recipe
 from cxrdet.errors import CxrdetError
-from cxrdet.infer.detector_tta import FINAL_FOLD
+from cxrdet.infer.detector_tta import FINAL_FOLD, ORIGINAL
 from cxrdet.io import atomic_path
-from cxrdet.metrics import binary_metrics, iou_xywh
+from cxrdet.metrics import binary_metrics, iou_xywh, mean_average_precision, rsna_score
 from cxrdet.metrics.competition import competition_score, metric_name, reported_objectives
+from cxrdet.metrics.detection import mean_box_baseline, view_rsna
 from cxrdet.metrics.vinbigdata import NO_FINDING
-from cxrdet.viz import sample_grid
+from cxrdet.viz import overlay_grid
 
 THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(20))  # the score-vs-threshold sweep
 PR_IOU = 0.4  # a predicted box is a true positive above this IoU (VinBigData's mAP@0.4)
-OVERLAY_TRUTH, OVERLAY_PREDICTION = 1, 0  # palette colours of cxrdet.viz: green, red
 
 
 @dataclass(frozen=True)
@@ -241,27 +244,40 @@ def plot_curves(
     _save(figure, paths["roc"])
 
 
-def overlay_grid(
+def holdout_overlay(
     images: Sequence[np.ndarray], image_ids: Sequence[str], sizes: pd.DataFrame, truth: pd.DataFrame,
     final: pd.DataFrame, path: Path, count: int = 12,
 ) -> None:
     """Holdout X-rays (those with findings first) as the models saw them: truth boxes green,
     the ensemble's boxes red with their scores."""
     index = {image_id: k for k, image_id in enumerate(image_ids)}
-    positive = set(truth["image_id"])
     sized = sizes.set_index("image_id")
-    items = []
-    for image_id in sorted(image_ids, key=lambda i: (i not in positive, i))[:count]:
+
+    def image_of(image_id: str) -> tuple[np.ndarray, float, float]:
         image = images[index[image_id]]
-        drawn = pd.concat([
-            truth[truth["image_id"] == image_id][["x", "y", "w", "h"]].assign(class_id=OVERLAY_TRUTH, class_name="truth"),
-            final[(final["image_id"] == image_id) & (final["class_id"] != NO_FINDING)][["x", "y", "w", "h", "score"]]
-            .assign(class_id=OVERLAY_PREDICTION, class_name=""),
-        ], ignore_index=True)
-        drawn[["x", "w"]] *= image.shape[1] / sized.loc[image_id, "width"]
-        drawn[["y", "h"]] *= image.shape[0] / sized.loc[image_id, "height"]
-        items.append((image, drawn, str(image_id)[:16]))
-    sample_grid(items, path)
+        return image, image.shape[1] / sized.loc[image_id, "width"], image.shape[0] / sized.loc[image_id, "height"]
+
+    shown = final[final["class_id"] != NO_FINDING]
+    overlay_grid(image_ids, truth, shown, image_of, lambda image_id: str(image_id)[:16], path, count)
+
+
+def fold_overlay(
+    prepared: Prepared, image_ids: Sequence[str], predicted: pd.DataFrame, threshold: float, path: Path, title: str,
+    count: int = 12,
+) -> None:
+    """A PNG grid of cached images (those with boxes first): truth boxes green, the original
+    view's predictions scoring >= threshold red with their scores."""
+    images = prepared.images.set_index("image_id")
+
+    def image_of(image_id: str) -> tuple[np.ndarray, float, float]:
+        row = images.loc[image_id]
+        return read_cached(prepared.root / row["cache_path"]), row["scale_x"], row["scale_y"]
+
+    shown = predicted[(predicted["view"] == ORIGINAL) & (predicted["score"] >= threshold)]
+    overlay_grid(
+        image_ids, truth_boxes(prepared, image_ids), shown, image_of, lambda image_id: f"{image_id[:12]} {title}", path,
+        count,
+    )
 
 
 def _save(figure: Any, path: Path) -> None:
@@ -282,3 +298,58 @@ def _number(value: float) -> str:
 def finite_or_none(value: float) -> float | None:
     """JSON-safe: NaN (nothing to score) becomes None."""
     return float(value) if math.isfinite(value) else None
+
+
+# ---------------------------------------------------------------- the fold models' report
+
+
+@dataclass(frozen=True)
+class FoldsReport:
+    metrics: dict[str, Any]
+    threshold: float  # the out-of-fold best score threshold (original view)
+    best_fold: int  # the fold model with the best out-of-fold score
+
+
+
+def folds_report(
+    prepared: Prepared, split: pd.DataFrame, oof: dict[int, pd.DataFrame], holdout: dict[int, pd.DataFrame]
+) -> FoldsReport:
+    """Out-of-fold and holdout RSNA scores of fold models' box tables (by fold), and the
+    mean-box baseline's; the out-of-fold mAP at IoU 0.4 (VinBigData's metric without its
+    no-finding rule). The threshold is chosen on the out-of-fold original view only."""
+    folds = sorted(oof)
+    oof_ids = split.loc[split["fold"].isin(folds), "image_id"].tolist()
+    holdout_ids = split.loc[split["fold"] == HOLDOUT, "image_id"].tolist()
+    oof_truth, holdout_truth = truth_boxes(prepared, oof_ids), truth_boxes(prepared, holdout_ids)
+    every = pd.concat(oof.values(), ignore_index=True)
+    score, threshold = view_rsna(oof_truth, every, ORIGINAL)
+    per_fold = {
+        f"fold{k}": {
+            "oof_rsna_score": view_rsna(truth_boxes(prepared, split.loc[split["fold"] == k, "image_id"]), oof[k], ORIGINAL, threshold=threshold)[0],
+            "holdout_rsna_score": view_rsna(holdout_truth, holdout[k], ORIGINAL, threshold=threshold)[0],
+        }
+        for k in folds
+    }
+    trained_on = prepared.boxes[prepared.boxes["image_id"].isin(oof_ids)]
+    baseline = {
+        f"{part}_rsna_score": rsna_score(truth, mean_box_baseline(trained_on, prepared.images, prepared.images[prepared.images["image_id"].isin(ids)])).score
+        for part, truth, ids in (("oof", oof_truth, oof_ids), ("holdout", holdout_truth, holdout_ids))
+    }
+    metrics = {
+        "oof_rsna_score": score,
+        "oof_rsna_threshold": threshold,
+        "oof_map": mean_average_precision(oof_truth, every[every["view"] == ORIGINAL]).score,
+        "holdout_rsna_score": float(np.mean([f["holdout_rsna_score"] for f in per_fold.values()])),
+        "oof_rsna_score_by_view": {view: view_rsna(oof_truth, every, view)[0] for view in sorted(every["view"].unique())},
+        "folds": per_fold,
+        "baseline": {"method": "the training boxes' mean box in every image", **baseline},
+        "n_oof": len(oof_ids),
+        "n_holdout": len(holdout_ids),
+    }
+    best_fold = max(folds, key=lambda k: _finite_or_low(per_fold[f"fold{k}"]["oof_rsna_score"]))
+    return FoldsReport(metrics, threshold, best_fold)
+
+
+
+def _finite_or_low(value: float) -> float:
+    return value if math.isfinite(value) else -math.inf

@@ -147,3 +147,8 @@ class ClassificationDataset(EpochSeededDataset):
         if self.augment is not None:
             image = apply_seeded(self.augment, image, self.sample_seed(index))
         return {"image": normalize(image), "target": self.targets[index], "index": index}
+
+
+def truth_boxes(prepared: Prepared, image_ids: Sequence[str]) -> pd.DataFrame:
+    """The prepared boxes of `image_ids` (original pixels)."""
+    return prepared.boxes[prepared.boxes["image_id"].isin(image_ids)].reset_index(drop=True)

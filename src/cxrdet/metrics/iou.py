@@ -9,9 +9,9 @@ checked arrays the scores read from box tables, and their tie-proof confidence o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -189,3 +189,12 @@ def confidence_order(scores: np.ndarray, ties: np.ndarray, *keys: np.ndarray) ->
     if not tied.any():
         return order  # real-valued scores rarely tie: skip the costly many-key sort
     return np.lexsort((*np.asarray(ties).T[::-1], -scores, *keys[::-1]))
+
+
+def xyxy_frame(image_ids: Sequence[Any], xyxy: np.ndarray, **columns: Any) -> pd.DataFrame:
+    """image_id, x, y, w, h (+ columns) from (n, 4) xyxy boxes."""
+    xyxy = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
+    return pd.DataFrame({
+        "image_id": list(image_ids), "x": xyxy[:, 0], "y": xyxy[:, 1],
+        "w": xyxy[:, 2] - xyxy[:, 0], "h": xyxy[:, 3] - xyxy[:, 1], **columns,
+    })

@@ -24,6 +24,7 @@ from torch import Tensor
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 
+from cxrdet.config import AnchorParams
 from cxrdet.errors import ConfigError
 
 # YOLOv5's autoanchor rule: a box fits an anchor when neither side differs by more than 4x.
@@ -148,3 +149,23 @@ def warn_unmatchable(box_wh: np.ndarray, config: AnchorConfig, fg_iou: float, wh
             stacklevel=2,
         )
     return small
+
+
+def resolve_anchors(anchors: AnchorParams, strides: Sequence[int], tuned: dict[str, Any] | None, tuned_key: str) -> AnchorConfig:
+    """The tuned anchors (anchors.json content) when given, else params' detector.anchors."""
+    if tuned is not None:
+        config = AnchorConfig.from_dict(tuned.get("anchors", {}), key=tuned_key)
+        if len(config.sizes) != len(strides):
+            raise ConfigError(
+                f"{tuned_key}: anchors tuned for {len(config.sizes)} levels, the detector has {len(strides)} "
+                "(detector.p2 changed?); rerun tune_anchors"
+            )
+        return config
+    if anchors.sizes is not None:
+        if len(anchors.sizes) != len(strides):
+            raise ConfigError(
+                f"detector.anchors.sizes: {len(anchors.sizes)} sizes for {len(strides)} pyramid levels "
+                f"(strides {list(strides)})"
+            )
+        return AnchorConfig(tuple(anchors.sizes), tuple(anchors.scales), tuple(anchors.ratios))
+    return anchors_from_base(anchors.base_size, strides, anchors.scales, anchors.ratios)

@@ -40,8 +40,9 @@ from torchvision.ops import (
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.ops.misc import Conv2dNormActivation
 
+from cxrdet.config import DetectorParams
 from cxrdet.errors import ConfigError
-from cxrdet.models.anchors import AnchorConfig, StridedAnchorGenerator
+from cxrdet.models.anchors import AnchorConfig, StridedAnchorGenerator, resolve_anchors
 from cxrdet.models.backbone import create_backbone
 from cxrdet.models.files import load_model_file, save_model_file
 
@@ -357,3 +358,31 @@ def save_detector(path: Path, model: RetinaNet, extra: dict[str, Any]) -> None:
 
 def load_detector(path: Path) -> tuple[RetinaNet, dict[str, Any]]:
     return load_detector_file(path, DETECTOR_KIND, RetinaNet, RetinaNetConfig)
+
+
+def build_retinanet(
+    params: DetectorParams,
+    num_classes: int,
+    image_classes: int,
+    tuned_anchors: dict[str, Any] | None = None,
+    tuned_key: str = "anchors.json",
+    weights: dict[str, Any] | None = None,
+) -> RetinaNet:
+    backbone = create_detector_backbone(params.backbone, param_key="detector.backbone", **(weights or {}))
+    _, strides = pyramid_levels(backbone.feature_info, params.p2)
+    config = RetinaNetConfig(
+        backbone=params.backbone, num_classes=num_classes, anchors=resolve_anchors(params.anchors, strides, tuned_anchors, tuned_key),
+        image_classes=image_classes, p2=params.p2, fpn_channels=params.fpn_channels, head_convs=params.head_convs,
+        head_norm=params.head_norm,
+        cls_dropout=params.cls_dropout, global_dropout=params.global_dropout, frozen_bn=params.frozen_bn,
+    )
+    model = RetinaNet(config, backbone)
+    model.check_image_size(params.image_size, "detector.image_size")
+    return model
+
+def loss_config(params: DetectorParams) -> LossConfig:
+    loss = params.loss
+    return LossConfig(loss.fg_iou, loss.bg_iou, loss.alpha, loss.gamma, loss.smooth_l1_beta, params.global_weight)
+
+def decode_config(params: DetectorParams) -> DecodeConfig:
+    return DecodeConfig(**params.decode.model_dump())

@@ -33,13 +33,15 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from cxrdet.config import DetectorParams
 from cxrdet.errors import ConfigError
-from cxrdet.models.anchors import AnchorConfig, StridedAnchorGenerator
+from cxrdet.models.anchors import AnchorConfig, StridedAnchorGenerator, resolve_anchors
 from cxrdet.models.deformable import make_deformable
 from cxrdet.models.relation import ObjectRelation
 from cxrdet.models.retinanet import (
     DecodeConfig,
     Detections,
+    create_detector_backbone,
     load_detector_file,
     pyramid_levels,
     save_detector_file,
@@ -229,3 +231,27 @@ def save_two_stage(path: Path, model: TwoStageDetector, extra: dict[str, Any]) -
 
 def load_two_stage(path: Path) -> tuple[TwoStageDetector, dict[str, Any]]:
     return load_detector_file(path, TWO_STAGE_KIND, TwoStageDetector, TwoStageConfig)
+
+
+def build_two_stage(params: DetectorParams, num_classes: int, weights: dict[str, Any] | None = None) -> TwoStageDetector:
+    """The two-stage detector of params' detector.two_stage on detector.backbone (same weights source)."""
+    two_stage = params.two_stage
+    backbone = create_detector_backbone(params.backbone, param_key="detector.backbone", **(weights or {}))
+    levels, strides = pyramid_levels(backbone.feature_info, params.p2)
+    rpn_strides = strides[: len(levels) + 1]  # the FPN levels and the max-pooled P6
+    anchors = two_stage.anchors
+    if anchors.sizes is not None and len(anchors.sizes) != len(rpn_strides):
+        raise ConfigError(
+            f"detector.two_stage.anchors.sizes: {len(anchors.sizes)} sizes for {len(rpn_strides)} RPN levels "
+            f"(strides {list(rpn_strides)})"
+        )
+    config = TwoStageConfig(
+        backbone=params.backbone, num_classes=num_classes, anchors=resolve_anchors(anchors, rpn_strides, None, ""),
+        p2=params.p2, fpn_channels=params.fpn_channels, deformable=tuple(two_stage.deformable),
+        representation=two_stage.representation, relation_heads=two_stage.relation.heads,
+        geometry_dim=two_stage.relation.geometry_dim, rpn_batch_size=two_stage.rpn_batch_size,
+        roi_batch_size=two_stage.roi_batch_size, proposals=two_stage.proposals, frozen_bn=params.frozen_bn,
+    )
+    model = TwoStageDetector(config, backbone)
+    model.check_image_size(params.image_size, "detector.image_size")
+    return model

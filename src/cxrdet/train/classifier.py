@@ -9,7 +9,7 @@ a fold classifier (2-class opacity or the image labels) starts from that backbon
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any

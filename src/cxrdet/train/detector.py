@@ -1,11 +1,12 @@
-"""Detector recipes on the one loop: the detection Tasks, anchors, fold training, scoring.
+"""Detector fold training on the one loop: the detection Tasks and fitting either family.
 
 `train_detector` trains one detector of either family (RetinaNet, two-stage) through
 `cxrdet.train.loop.fit` (validation by the RSNA score each epoch, best checkpoint,
-resume); `tune_anchors` (RetinaNet) and `train_detector@fold` (every family) use it. Scores are computed on boxes in any one pixel frame: input pixels during
-training, original pixels for the stage metrics. `train_families` is what the stages
-train_detector@<fold> (validated on the fold) and train_detector_final (every non-holdout
-image, no validation: the last epoch kept) share.
+resume); `tune_anchors` (RetinaNet) and `train_detector@fold` (every family) use it.
+Scores are computed on boxes in input pixels during training (cxrdet.metrics.detection).
+`train_families` is what the stages train_detector@<fold> (validated on the fold) and
+train_detector_final (every non-holdout image, no validation: the last epoch kept) share.
+Builders sit beside their models (cxrdet.models.retinanet, cxrdet.models.two_stage).
 """
 
 from __future__ import annotations
@@ -24,90 +25,34 @@ import pandas as pd
 import torch
 from torch import nn
 
-from cxrdet.config import AnchorParams, DetectorParams, OptimParams
+from cxrdet.config import DetectorParams, OptimParams
 from cxrdet.data.box_augment import BoxAugmentSettings, detector_augmentation
-from cxrdet.data.cache import read_cached
 from cxrdet.data.datasets import CachedImages, Prepared
 from cxrdet.data.detection import DetectionDataset, boxes_to_input, collate_detection
-from cxrdet.data.folds import HOLDOUT
-from cxrdet.errors import ConfigError, CxrdetError
-from cxrdet.infer.detector_tta import ORIGINAL, detection_views, predict_views, prediction_tables
-from cxrdet.metrics import mean_average_precision, rsna_score
-from cxrdet.models.anchors import AnchorConfig, anchors_from_base, warn_unmatchable
+from cxrdet.errors import CxrdetError
+from cxrdet.infer.detector_tta import detection_views, predict_views, prediction_tables
+from cxrdet.metrics.detection import detection_scores
+from cxrdet.metrics.iou import xyxy_frame
+from cxrdet.models.anchors import warn_unmatchable
 from cxrdet.models.families import MODEL_FILES, RETINANET, TWO_STAGE, detect
 from cxrdet.models.retinanet import (
     DecodeConfig,
-    LossConfig,
     RetinaNet,
-    RetinaNetConfig,
     RetinaNetLoss,
-    create_detector_backbone,
-    pyramid_levels,
+    build_retinanet,
+    decode_config,
+    loss_config,
     save_detector,
 )
-from cxrdet.models.two_stage import TwoStageConfig, TwoStageDetector, save_two_stage
-from cxrdet.train.classifier import classification_targets, file_digest
+from cxrdet.models.two_stage import TwoStageDetector, build_two_stage, save_two_stage
 from cxrdet.runtime.distributed import unwrap
-from cxrdet.train.loop import FitResult, fit
-from cxrdet.runtime.session import Runtime
 from cxrdet.runtime.seed import seed_everything
-from cxrdet.viz import sample_grid
+from cxrdet.runtime.session import Runtime
+from cxrdet.train.classifier import classification_targets, file_digest
+from cxrdet.train.loop import FitResult, fit
 
 LogFn = Callable[[dict[str, float], int], None]
 EpochFn = Callable[[int, dict[str, float]], None]
-# Score thresholds swept to report the RSNA score of a model: the best one is its score.
-SCORE_THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(1, 20))
-OVERLAY_TRUTH, OVERLAY_PREDICTION = 1, 0  # class ids picking viz's palette colours: green, red
-
-
-# ---------------------------------------------------------------- scoring
-
-
-def xyxy_frame(image_ids: Sequence[Any], xyxy: np.ndarray, **columns: Any) -> pd.DataFrame:
-    """image_id, x, y, w, h (+ columns) from (n, 4) xyxy boxes."""
-    xyxy = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
-    return pd.DataFrame({
-        "image_id": list(image_ids), "x": xyxy[:, 0], "y": xyxy[:, 1],
-        "w": xyxy[:, 2] - xyxy[:, 0], "h": xyxy[:, 3] - xyxy[:, 1], **columns,
-    })
-
-
-def rsna_by_threshold(
-    truth: pd.DataFrame, predictions: pd.DataFrame, thresholds: Sequence[float] = SCORE_THRESHOLDS
-) -> dict[float, float]:
-    """The RSNA score of the predictions scoring >= t, for every t (NaN: nothing to score)."""
-    return {t: rsna_score(truth, predictions[predictions["score"] >= t]).score for t in thresholds}
-
-
-def best_threshold(scores: dict[float, float]) -> tuple[float, float]:
-    """(threshold, score) of the best finite score; (NaN, NaN) when none is finite."""
-    finite = {t: s for t, s in scores.items() if math.isfinite(s)}
-    if not finite:
-        return math.nan, math.nan
-    threshold = max(finite, key=lambda t: (finite[t], -t))
-    return threshold, finite[threshold]
-
-
-def detection_scores(truth: pd.DataFrame, predictions: pd.DataFrame) -> dict[str, float]:
-    """rsna: the RSNA score at the best score threshold (rsna_threshold); map: VOC mAP at IoU 0.4
-    over the box classes (class-aware, the VinBigData metric without its no-finding rule)."""
-    threshold, score = best_threshold(rsna_by_threshold(truth, predictions))
-    average = mean_average_precision(truth, predictions).score if len(truth) else math.nan
-    return {"rsna": score, "rsna_threshold": threshold, "map": average}
-
-
-def mean_box_baseline(train_boxes: pd.DataFrame, train_images: pd.DataFrame, images: pd.DataFrame) -> pd.DataFrame:
-    """The trivial detector: in every image of `images`, the training boxes' mean box
-    (relative to the image size), score 1, class 0. Boxes and images: prepared tables."""
-    sizes = train_images.set_index("image_id").loc[train_boxes["image_id"], ["width", "height"]].to_numpy(float)
-    relative = train_boxes[["x", "y", "w", "h"]].to_numpy(float) / np.tile(sizes, 2)
-    mean = relative.mean(axis=0)
-    scale = np.tile(images[["width", "height"]].to_numpy(float), 2)
-    boxes = mean * scale
-    return pd.DataFrame({
-        "image_id": images["image_id"].to_numpy(), "x": boxes[:, 0], "y": boxes[:, 1], "w": boxes[:, 2],
-        "h": boxes[:, 3], "score": 1.0, "class_id": 0,
-    })
 
 
 # ---------------------------------------------------------------- the Task
@@ -187,86 +132,7 @@ class TwoStageTask(DetectionTask):
         return sum(model(batch["image"], targets).values())
 
 
-# ---------------------------------------------------------------- anchors and model
-
-
-def resolve_anchors(anchors: AnchorParams, strides: Sequence[int], tuned: dict[str, Any] | None, tuned_key: str) -> AnchorConfig:
-    """The tuned anchors (anchors.json content) when given, else params' detector.anchors."""
-    if tuned is not None:
-        config = AnchorConfig.from_dict(tuned.get("anchors", {}), key=tuned_key)
-        if len(config.sizes) != len(strides):
-            raise ConfigError(
-                f"{tuned_key}: anchors tuned for {len(config.sizes)} levels, the detector has {len(strides)} "
-                "(detector.p2 changed?); rerun tune_anchors"
-            )
-        return config
-    if anchors.sizes is not None:
-        if len(anchors.sizes) != len(strides):
-            raise ConfigError(
-                f"detector.anchors.sizes: {len(anchors.sizes)} sizes for {len(strides)} pyramid levels "
-                f"(strides {list(strides)})"
-            )
-        return AnchorConfig(tuple(anchors.sizes), tuple(anchors.scales), tuple(anchors.ratios))
-    return anchors_from_base(anchors.base_size, strides, anchors.scales, anchors.ratios)
-
-
-def backbone_source(params: DetectorParams, pretrained_dir: Path, allow_download: bool) -> dict[str, Any]:
-    """create_backbone's weight arguments for detector.weights."""
-    if params.weights == "pretrain":
-        path = pretrained_dir / f"{params.backbone}.pt"
-        if not path.is_file():
-            raise ConfigError(
-                f"detector.weights: {path} not found; the pretrain stage writes it for the backbones of classifier.variants"
-            )
-        return {"pretrained_path": path}
-    if params.weights == "imagenet":
-        return {"imagenet": True, "allow_download": allow_download}
-    return {}
-
-
-def build_detector(
-    params: DetectorParams,
-    num_classes: int,
-    image_classes: int,
-    tuned_anchors: dict[str, Any] | None = None,
-    tuned_key: str = "anchors.json",
-    weights: dict[str, Any] | None = None,
-) -> RetinaNet:
-    backbone = create_detector_backbone(params.backbone, param_key="detector.backbone", **(weights or {}))
-    _, strides = pyramid_levels(backbone.feature_info, params.p2)
-    config = RetinaNetConfig(
-        backbone=params.backbone, num_classes=num_classes, anchors=resolve_anchors(params.anchors, strides, tuned_anchors, tuned_key),
-        image_classes=image_classes, p2=params.p2, fpn_channels=params.fpn_channels, head_convs=params.head_convs,
-        head_norm=params.head_norm,
-        cls_dropout=params.cls_dropout, global_dropout=params.global_dropout, frozen_bn=params.frozen_bn,
-    )
-    model = RetinaNet(config, backbone)
-    model.check_image_size(params.image_size, "detector.image_size")
-    return model
-
-
-def build_two_stage(params: DetectorParams, num_classes: int, weights: dict[str, Any] | None = None) -> TwoStageDetector:
-    """The two-stage detector of params' detector.two_stage on detector.backbone (same weights source)."""
-    two_stage = params.two_stage
-    backbone = create_detector_backbone(params.backbone, param_key="detector.backbone", **(weights or {}))
-    levels, strides = pyramid_levels(backbone.feature_info, params.p2)
-    rpn_strides = strides[: len(levels) + 1]  # the FPN levels and the max-pooled P6
-    anchors = two_stage.anchors
-    if anchors.sizes is not None and len(anchors.sizes) != len(rpn_strides):
-        raise ConfigError(
-            f"detector.two_stage.anchors.sizes: {len(anchors.sizes)} sizes for {len(rpn_strides)} RPN levels "
-            f"(strides {list(rpn_strides)})"
-        )
-    config = TwoStageConfig(
-        backbone=params.backbone, num_classes=num_classes, anchors=resolve_anchors(anchors, rpn_strides, None, ""),
-        p2=params.p2, fpn_channels=params.fpn_channels, deformable=tuple(two_stage.deformable),
-        representation=two_stage.representation, relation_heads=two_stage.relation.heads,
-        geometry_dim=two_stage.relation.geometry_dim, rpn_batch_size=two_stage.rpn_batch_size,
-        roi_batch_size=two_stage.roi_batch_size, proposals=two_stage.proposals, frozen_bn=params.frozen_bn,
-    )
-    model = TwoStageDetector(config, backbone)
-    model.check_image_size(params.image_size, "detector.image_size")
-    return model
+# ---------------------------------------------------------------- the families
 
 
 @dataclass(frozen=True)
@@ -293,15 +159,6 @@ def family_settings(params: DetectorParams, family: str) -> Family:
 
 def family_of(model: nn.Module) -> str:
     return TWO_STAGE if isinstance(model, TwoStageDetector) else RETINANET
-
-
-def loss_config(params: DetectorParams) -> LossConfig:
-    loss = params.loss
-    return LossConfig(loss.fg_iou, loss.bg_iou, loss.alpha, loss.gamma, loss.smooth_l1_beta, params.global_weight)
-
-
-def decode_config(params: DetectorParams) -> DecodeConfig:
-    return DecodeConfig(**params.decode.model_dump())
 
 
 def training_box_sizes(prepared: Prepared, image_ids: Sequence[str], size: int) -> np.ndarray:
@@ -408,7 +265,7 @@ def weights_identity(weights: dict[str, Any]) -> dict[str, Any]:
 def seeded_detector(params: DetectorParams, data: DetectorData, **kwargs: Any) -> RetinaNet:
     """A fresh detector, its initial weights a function of the optimisation seed."""
     seed_everything(params.optim.seed)
-    return build_detector(params, len(data.class_names), len(data.image_class_names), **kwargs)
+    return build_retinanet(params, len(data.class_names), len(data.image_class_names), **kwargs)
 
 
 def seeded_family(
@@ -422,7 +279,7 @@ def seeded_family(
     return seeded_detector(params, data, tuned_anchors=tuned_anchors, tuned_key=tuned_key, weights=weights)
 
 
-# ---------------------------------------------------------------- predictions and their scores
+# ---------------------------------------------------------------- predictions
 
 
 def predict_detector(
@@ -448,22 +305,6 @@ def predict_detector(
         predictions, image_ids, prepared.images, params.image_size, fold=fold, model=settings.name,
         image_classes=data.image_class_names if has_head else (), positive=data.positive if has_head else (),
     )
-
-
-
-def truth_boxes(prepared: Prepared, image_ids: Sequence[str]) -> pd.DataFrame:
-    """The prepared boxes of `image_ids` (original pixels)."""
-    return prepared.boxes[prepared.boxes["image_id"].isin(image_ids)].reset_index(drop=True)
-
-
-def view_rsna(
-    truth: pd.DataFrame, boxes: pd.DataFrame, view: str = ORIGINAL, threshold: float | None = None
-) -> tuple[float, float]:
-    """(score, threshold) of one view's boxes: at `threshold`, or at the best of SCORE_THRESHOLDS."""
-    chosen = boxes[boxes["view"] == view]
-    if threshold is None:
-        return best_threshold(rsna_by_threshold(truth, chosen))[::-1]
-    return rsna_score(truth, chosen[chosen["score"] >= threshold]).score, threshold
 
 
 # ---------------------------------------------------------------- every family of a stage
@@ -564,76 +405,4 @@ def fold_best_epochs(folds_dir: Path, folds: Sequence[int], name: str) -> list[i
     return found
 
 
-# ---------------------------------------------------------------- the folds together
-
-
-@dataclass(frozen=True)
-class FoldsReport:
-    metrics: dict[str, Any]
-    threshold: float  # the out-of-fold best score threshold (original view)
-    best_fold: int  # the fold model with the best out-of-fold score
-
-
-def folds_report(
-    prepared: Prepared, split: pd.DataFrame, oof: dict[int, pd.DataFrame], holdout: dict[int, pd.DataFrame]
-) -> FoldsReport:
-    """Out-of-fold and holdout RSNA scores of fold models' box tables (by fold), and the
-    mean-box baseline's; the out-of-fold mAP at IoU 0.4 (VinBigData's metric without its
-    no-finding rule). The threshold is chosen on the out-of-fold original view only."""
-    folds = sorted(oof)
-    oof_ids = split.loc[split["fold"].isin(folds), "image_id"].tolist()
-    holdout_ids = split.loc[split["fold"] == HOLDOUT, "image_id"].tolist()
-    oof_truth, holdout_truth = truth_boxes(prepared, oof_ids), truth_boxes(prepared, holdout_ids)
-    every = pd.concat(oof.values(), ignore_index=True)
-    score, threshold = view_rsna(oof_truth, every)
-    per_fold = {
-        f"fold{k}": {
-            "oof_rsna_score": view_rsna(truth_boxes(prepared, split.loc[split["fold"] == k, "image_id"]), oof[k], threshold=threshold)[0],
-            "holdout_rsna_score": view_rsna(holdout_truth, holdout[k], threshold=threshold)[0],
-        }
-        for k in folds
-    }
-    trained_on = prepared.boxes[prepared.boxes["image_id"].isin(oof_ids)]
-    baseline = {
-        f"{part}_rsna_score": rsna_score(truth, mean_box_baseline(trained_on, prepared.images, prepared.images[prepared.images["image_id"].isin(ids)])).score
-        for part, truth, ids in (("oof", oof_truth, oof_ids), ("holdout", holdout_truth, holdout_ids))
-    }
-    metrics = {
-        "oof_rsna_score": score,
-        "oof_rsna_threshold": threshold,
-        "oof_map": mean_average_precision(oof_truth, every[every["view"] == ORIGINAL]).score,
-        "holdout_rsna_score": float(np.mean([f["holdout_rsna_score"] for f in per_fold.values()])),
-        "oof_rsna_score_by_view": {view: view_rsna(oof_truth, every, view)[0] for view in sorted(every["view"].unique())},
-        "folds": per_fold,
-        "baseline": {"method": "the training boxes' mean box in every image", **baseline},
-        "n_oof": len(oof_ids),
-        "n_holdout": len(holdout_ids),
-    }
-    best_fold = max(folds, key=lambda k: _finite_or_low(per_fold[f"fold{k}"]["oof_rsna_score"]))
-    return FoldsReport(metrics, threshold, best_fold)
-
-
-def _finite_or_low(value: float) -> float:
-    return value if math.isfinite(value) else -math.inf
-
-
-def draw_overlay(
-    prepared: Prepared, image_ids: Sequence[str], predicted: pd.DataFrame, threshold: float, path: Path, title: str, count: int = 12
-) -> None:
-    """A PNG grid of cached images (those with boxes first): truth boxes green, the original
-    view's predictions scoring >= threshold red with their scores."""
-    truth = truth_boxes(prepared, image_ids)
-    images = prepared.images.set_index("image_id")
-    positive = set(truth["image_id"])
-    shown = predicted[(predicted["view"] == ORIGINAL) & (predicted["score"] >= threshold)]
-    items = []
-    for image_id in sorted(image_ids, key=lambda i: (i not in positive, i))[:count]:
-        row = images.loc[image_id]
-        drawn = pd.concat([
-            truth[truth["image_id"] == image_id][["x", "y", "w", "h"]].assign(class_id=OVERLAY_TRUTH, class_name="truth"),
-            shown[shown["image_id"] == image_id][["x", "y", "w", "h", "score"]].assign(class_id=OVERLAY_PREDICTION, class_name=""),
-        ], ignore_index=True)
-        drawn[["x", "w"]] *= row["scale_x"]
-        drawn[["y", "h"]] *= row["scale_y"]
-        items.append((read_cached(prepared.root / row["cache_path"]), drawn, f"{image_id[:12]} {title}"))
-    sample_grid(items, path)
+# ---------------------------------------------------------------- the final models' epochs

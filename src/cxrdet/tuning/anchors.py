@@ -34,19 +34,23 @@ from cxrdet.config import (
 )
 from cxrdet.data.datasets import Prepared
 from cxrdet.errors import ConfigError, CxrdetError
-from cxrdet.models.anchors import AnchorConfig, anchors_from_base, best_possible_recall
+from cxrdet.models.anchors import (
+    AnchorConfig,
+    anchors_from_base,
+    best_possible_recall,
+    resolve_anchors,
+)
+from cxrdet.models.backbone import backbone_source
 from cxrdet.models.retinanet import create_detector_backbone, pyramid_levels
+from cxrdet.runtime.session import Runtime
 from cxrdet.tracking.runs import log_numeric
 from cxrdet.train.detector import (
     DetectorData,
-    backbone_source,
-    resolve_anchors,
     seeded_detector,
     train_detector,
     training_box_sizes,
     weights_identity,
 )
-from cxrdet.runtime.session import Runtime
 from cxrdet.tuning.study import (
     finished_trials,
     make_pruner,
