@@ -50,8 +50,6 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from common import Report, Row, arguments, emit
-from detector import RATIOS, SCALES, TimmFpn
 from torch import nn
 from torchvision.models.detection import FasterRCNN as StockFasterRCNN
 from torchvision.models.detection import RetinaNet as StockRetinaNet
@@ -59,24 +57,22 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import MultiScaleRoIAlign
 from tqdm import tqdm
 
+from common import Report, Row, arguments, emit
+from detector import RATIOS, SCALES, TimmFpn
+
 from cxrdet.config import DetectorParams, TrainParams, deep_merge
 from cxrdet.data.datasets import CachedImages, Prepared, read_prepared
 from cxrdet.data.detection import DetectionDataset, collate_detection
 from cxrdet.data.folds import HOLDOUT, make_folds
 from cxrdet.data.prepare import PrepareOptions, prepare_dataset
 from cxrdet.ensemble.recipe import EnsembleRecipe, Fusion, Gating, MemberPredictions, apply_recipe
+from cxrdet.families.task import DetectionTask
 from cxrdet.metrics import mean_average_precision, rsna_score
 from cxrdet.metrics.detection import best_threshold, rsna_by_threshold
 from cxrdet.models.retinanet import create_detector_backbone
 from cxrdet.models.two_stage import FpnBody
 from cxrdet.runtime.session import Runtime, start_runtime
-from cxrdet.train.detector import (
-    DetectionTask,
-    detector_data,
-    predict_detector,
-    seeded_family,
-    train_detector,
-)
+from cxrdet.train.detector import detector_data, predict_detector, seeded_family, train_detector
 from cxrdet.train.loop import fit
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -435,8 +431,8 @@ def train_ours(
     workdir: Path,
 ) -> tuple[nn.Module, int, float, DetectorParams]:
     from cxrdet.data.box_augment import BoxAugmentSettings, detector_augmentation
+    from cxrdet.families import family_settings
     from cxrdet.models.retinanet import RetinaNetLoss, loss_config
-    from cxrdet.train.detector import family_settings
 
     prepared = parts.prepared
     data = detector_data(prepared, params)
@@ -452,7 +448,7 @@ def train_ours(
             RetinaNetLoss(model.box_coder, loss_config(params)), settings.decode, global_head=False
         )
     else:
-        from cxrdet.train.detector import TwoStageTask
+        from cxrdet.families.two_stage import TwoStageTask
 
         probe_task = TwoStageTask(settings.decode)
     epochs = epochs_for(

@@ -21,12 +21,12 @@ from cxrdet.data.datasets import read_prepared, truth_boxes
 from cxrdet.data.folds import HOLDOUT
 from cxrdet.errors import CxrdetError, exit_code_of
 from cxrdet.evaluation import fold_overlay, folds_report
+from cxrdet.families import family_settings
 from cxrdet.infer.detector_tta import ORIGINAL
 from cxrdet.io import write_json
 from cxrdet.metrics.detection import view_rsna
 from cxrdet.paths import project_root
 from cxrdet.tracking.runs import log_numeric, stage_run
-from cxrdet.train.detector import family_settings
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ from cxrdet.config import load_params
 from cxrdet.data.datasets import read_prepared
 from cxrdet.data.folds import HOLDOUT
 from cxrdet.errors import CxrdetError, exit_code_of
+from cxrdet.families import family_settings
 from cxrdet.infer.detector_tta import BOX_COLUMNS, FINAL_FOLD, KEY_COLUMNS
 from cxrdet.infer.predictor import FINAL_DIR, FINAL_MARKER
 from cxrdet.io import write_json, write_parquet
@@ -40,13 +41,7 @@ from cxrdet.models.backbone import backbone_source
 from cxrdet.paths import project_root
 from cxrdet.runtime.session import start_runtime, stop_runtime
 from cxrdet.tracking.runs import log_numeric, stage_run
-from cxrdet.train.detector import (
-    detector_data,
-    family_settings,
-    final_epochs,
-    fold_best_epochs,
-    train_families,
-)
+from cxrdet.train.detector import detector_data, final_epochs, fold_best_epochs, train_families
 
 STAGE = "train_detector_final"
 ANCHORS = "results/tuning/anchors.json"

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from worktree import copy_worktree
 import yaml
+from worktree import copy_worktree
 
 from cxrdet.config import OptimParams, ScheduleParams, load_params
 from cxrdet.data.cache import SETTINGS_FILE
@@ -134,7 +134,7 @@ def clone(demo_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pat
 
     from cxrdet.data.datasets import read_prepared
     from cxrdet.io import write_json
-    from cxrdet.train.detector import detector_data, seeded_detector
+    from cxrdet.train.detector import detector_data, seeded_family
 
     root = tmp_path_factory.mktemp("final")
     copy_worktree(ROOT, root)
@@ -150,7 +150,7 @@ def clone(demo_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pat
     for fold in loaded.detector.folds:  # what train_detector@<fold> reports
         write_json({"models": {loaded.detector.name: {"best_epoch": 2}}}, root / f"results/detector/folds/fold{fold}/metrics.json")
     data = detector_data(read_prepared(root / "data/prepared/detect"), loaded.detector)
-    write_json({"anchors": seeded_detector(loaded.detector, data).config.anchors.to_dict(), "source": "params"},
+    write_json({"anchors": seeded_family(loaded.detector, data, "retinanet").config.anchors.to_dict(), "source": "params"},
                root / "results/tuning/anchors.json")
     (root / "models/pretrained").mkdir(parents=True, exist_ok=True)
     (root / "models/pretrained/README").write_text("detector.weights: none\n")

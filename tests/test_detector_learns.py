@@ -22,7 +22,7 @@ from cxrdet.io import write_parquet
 from cxrdet.metrics import rsna_score
 from cxrdet.metrics.detection import mean_box_baseline, view_rsna
 from cxrdet.runtime.session import start_runtime
-from cxrdet.train.detector import detector_data, predict_detector, seeded_detector, train_detector
+from cxrdet.train.detector import detector_data, predict_detector, seeded_family, train_detector
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +61,7 @@ def test_a_demo_fold_detector_beats_the_mean_box_on_the_holdout(demo, tmp_path):
     })
     runtime = start_runtime(TrainParams(device="cpu", progress=False, threads=1))
     data = detector_data(prepared, detector)
-    model = seeded_detector(detector, data)
+    model = seeded_family(detector, data, "retinanet")
     train_ids, val_ids, holdout_ids = ids(split, 0, HOLDOUT, exclude=True), ids(split, 0), ids(split, HOLDOUT)
     result = train_detector(model, detector, data, prepared, train_ids, val_ids, runtime, tmp_path, identity={})
     assert result.best_epoch > 0
@@ -96,7 +96,7 @@ def test_short_training_overfits_a_handful_of_images_and_resumes_when_killed(dem
         def stop(epoch: int, metrics: dict) -> None:
             if epoch == stop_after:
                 raise Interrupted
-        model = seeded_detector(detector, data)
+        model = seeded_family(detector, data, "retinanet")
         result = train_detector(model, detector, data, prepared, chosen, chosen, runtime, checkpoints, identity={},
                                 on_epoch_end=stop)
         return model, result

@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 from cxrdet.config import OptimParams, TrainParams
 from cxrdet.data.datasets import normalize
 from cxrdet.data.detection import collate_detection
+from cxrdet.families.task import DetectionTask
 from cxrdet.metrics.detection import detection_scores, mean_box_baseline
 from cxrdet.models.anchors import anchors_from_base
 from cxrdet.models.retinanet import (
@@ -21,7 +22,6 @@ from cxrdet.models.retinanet import (
     create_detector_backbone,
     pyramid_levels,
 )
-from cxrdet.train.detector import DetectionTask
 from cxrdet.train.loop import fit
 
 SIZE = 128

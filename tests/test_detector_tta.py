@@ -62,6 +62,8 @@ class IoUDetector(nn.Module):
         self.model = model
         self.box_coder, self.pad_multiple = model.box_coder, model.pad_multiple
 
+    detect = RetinaNet.detect  # decoded like the RetinaNet it stands in for
+
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         n, _, h, w = images.shape
         anchors = self.model.anchor_generator.grid([torch.zeros(1, 1, h // s, w // s) for s in self.model.strides])

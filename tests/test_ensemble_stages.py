@@ -30,7 +30,7 @@ from cxrdet.models.retinanet import decode_config, save_detector
 from cxrdet.runtime.session import start_runtime
 from cxrdet.submission import read_rsna_submission
 from cxrdet.train.classifier import FoldClassifier, classification_targets, predict_views
-from cxrdet.train.detector import detector_data, predict_detector, seeded_detector
+from cxrdet.train.detector import detector_data, predict_detector, seeded_family
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,7 +79,7 @@ def write_fold_outputs(root: Path) -> None:
                 tables[part].append(predict_views(FoldClassifier(model, config, None), prepared, ids[part], params.classifier, runtime))
         for part, frames in tables.items():
             write_parquet(pd.concat(frames, ignore_index=True), root / f"results/classifier/folds/fold{fold}/{part}.parquet")
-        detector = seeded_detector(params.detector, data)
+        detector = seeded_family(params.detector, data, "retinanet")
         config = {"fold": fold, "name": params.detector.name, "image_size": params.detector.image_size,
                   "class_names": data.class_names, "image_class_names": data.image_class_names,
                   "positive": data.positive, "decode": decode_config(params.detector).__dict__}

@@ -16,12 +16,12 @@ from cxrdet.config import OptimParams, TrainParams, validate_params
 from cxrdet.data.datasets import normalize
 from cxrdet.data.detection import collate_detection
 from cxrdet.errors import ConfigError
+from cxrdet.families import load_any_detector
+from cxrdet.families.two_stage import TwoStageTask
 from cxrdet.models.deformable import deformable_layers
-from cxrdet.models.families import load_any_detector
 from cxrdet.models.relation import ObjectRelation
 from cxrdet.models.retinanet import DecodeConfig
 from cxrdet.models.two_stage import build_two_stage, save_two_stage
-from cxrdet.train.detector import TwoStageTask
 from cxrdet.train.loop import fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,8 +82,8 @@ def test_detect_keeps_top_k_boxes_inside_the_content_with_0_based_classes():
     model = tiny().eval()
     images = batch([1, 2, 4])["image"]
     with torch.inference_mode():
-        found = model.detect(images, (48, 48), DecodeConfig(score_floor=0.0, nms_iou=0.3, top_k=3))
-    assert len(found) == 3 and any(len(d.boxes) for d in found)
+        found, probabilities = model.detect(images, (48, 48), DecodeConfig(score_floor=0.0, nms_iou=0.3, top_k=3))
+    assert probabilities is None and len(found) == 3 and any(len(d.boxes) for d in found)
     for d in found:
         assert len(d.boxes) <= 3 and (d.labels == 0).all() and (d.boxes >= 0).all() and (d.boxes <= 48).all()
 
@@ -122,8 +122,8 @@ def test_saved_model_loads_by_its_kind_and_detects_the_same(tmp_path):
     loaded, config = load_any_detector(tmp_path / "two_stage.pt")
     images = batch([1, 2])["image"]
     with torch.inference_mode():
-        a = model.detect(images, (SIZE, SIZE), DecodeConfig(score_floor=0.0))
-        b = loaded.eval().detect(images, (SIZE, SIZE), DecodeConfig(score_floor=0.0))
+        a, _ = model.detect(images, (SIZE, SIZE), DecodeConfig(score_floor=0.0))
+        b, _ = loaded.eval().detect(images, (SIZE, SIZE), DecodeConfig(score_floor=0.0))
     assert config["image_size"] == SIZE and len(deformable_layers(loaded)) == 3
     for x, y in zip(a, b):
         torch.testing.assert_close(x.boxes, y.boxes)

@@ -16,11 +16,11 @@ import yaml
 from cxrdet.config import TrainParams, validate_params
 from cxrdet.ensemble import FUSERS, EnsembleRecipe, Gating
 from cxrdet.evaluation import Holdout, ablations, only_models
+from cxrdet.families import family_settings
 from cxrdet.infer.detector_tta import BOX_COLUMNS, detection_views, predict_views, prediction_tables
 from cxrdet.infer.predictor import ArrayImages, EnsemblePredictor, PredictorSpec
 from cxrdet.models.retinanet import build_retinanet, decode_config, save_detector
 from cxrdet.models.two_stage import build_two_stage, save_two_stage
-from cxrdet.train.detector import family_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 128

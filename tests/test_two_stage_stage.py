@@ -17,9 +17,9 @@ import yaml
 from prepared_demo import prepare_project
 
 from cxrdet.ensemble import EnsembleRecipe, Gating, MemberPredictions, apply_recipe
+from cxrdet.families import load_any_detector
 from cxrdet.infer.detector_tta import BOX_COLUMNS
 from cxrdet.infer.predictor import project_spec
-from cxrdet.models.families import load_any_detector
 from cxrdet.models.two_stage import TwoStageDetector
 
 pytestmark = pytest.mark.slow

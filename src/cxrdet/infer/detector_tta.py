@@ -45,7 +45,6 @@ from torch.utils.data import Dataset
 from cxrdet.config import TrainParams
 from cxrdet.data.datasets import CachedImages, normalize
 from cxrdet.data.detection import boxes_to_original
-from cxrdet.models.families import detect
 from cxrdet.models.retinanet import DecodeConfig
 from cxrdet.runtime.distributed import DistContext
 from cxrdet.runtime.inference import predict_dataset
@@ -116,7 +115,7 @@ def _predict_view(
     model: nn.Module, batch: dict[str, Any], view: DetectionView, size: int, decode_config: DecodeConfig
 ) -> dict[str, Any]:
     side = max(1, round(size * view.scale))
-    detections, probs = detect(model, batch["image"], (side, side), decode_config)  # content, not padding
+    detections, probs = model.detect(batch["image"], (side, side), decode_config)  # content, not padding
     return {
         "index": batch["index"].cpu(),
         "boxes": [boxes_from_view(d.boxes.cpu().numpy(), view, side / size, size) for d in detections],

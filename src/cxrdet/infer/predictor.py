@@ -34,11 +34,11 @@ from cxrdet.data.cache import SETTINGS_FILE, resize_square
 from cxrdet.data.images import IMAGE_SUFFIXES, read_image
 from cxrdet.ensemble import Ensembled, EnsembleRecipe, MemberPredictions, apply_recipe
 from cxrdet.errors import CxrdetError
+from cxrdet.families import get_family, load_any_detector
 from cxrdet.infer.detector_tta import detection_views, predict_views, prediction_tables
 from cxrdet.infer.tta import predict_tta, tta_views, view_table
 from cxrdet.io import write_json
 from cxrdet.models.classifier import load_classifier
-from cxrdet.models.families import MODEL_FILES, load_any_detector
 from cxrdet.models.retinanet import DecodeConfig
 from cxrdet.runtime.device import select_device
 
@@ -92,7 +92,7 @@ def project_spec(root: Path) -> PredictorSpec:
         recipe=tuned["recipe"],
         classifiers=[f"models/classifier/fold{k}/{v.name}.pt" for k in classifier.folds for v in classifier.variants],
         detectors=final_detectors(root, params) if params.detector_final.enabled else [
-            f"models/detector/fold{k}/{MODEL_FILES[family]}" for k in params.detector.folds
+            f"models/detector/fold{k}/{get_family(family).model_file}" for k in params.detector.folds
             for family in params.detector.families],
         source={key: tuned[key] for key in ("source", "study", "trial", "objective", "metric") if key in tuned},
     )
@@ -102,7 +102,7 @@ def final_detectors(root: Path, params: Params) -> list[str]:
     """The final model of every family of detector.families (detector_final.enabled: they replace
     the fold models); CxrdetError naming the stage when train_detector_final has not written them."""
     marker = root / FINAL_DIR / FINAL_MARKER
-    files = [f"{FINAL_DIR}/{MODEL_FILES[family]}" for family in params.detector.families]
+    files = [f"{FINAL_DIR}/{get_family(family).model_file}" for family in params.detector.families]
     written = json.loads(marker.read_text()) if marker.is_file() else {}
     missing = [name for name in files if not (root / name).is_file()]
     if not written.get("enabled") or missing:

@@ -245,6 +245,15 @@ class RetinaNet(nn.Module):
             outputs["image_logits"] = self.global_head(features[self.levels[-1]])
         return outputs
 
+    def detect(
+        self, images: Tensor, image_size: tuple[int, int], config: DecodeConfig
+    ) -> tuple[list[Detections], Tensor | None]:
+        """(per-image detections, global-head probabilities or None) of normalised `images`;
+        `image_size` is their content (boxes are clipped to it; the rest is padding). Every
+        family's model answers `detect` alike: prediction never asks which family it runs."""
+        outputs = self(images)
+        return decode(outputs, self.box_coder, image_size, config), image_probabilities(outputs)
+
 
 class RetinaNetLoss:
     """Focal loss over every non-ignored anchor and smooth-L1 over the positive ones, both

@@ -216,13 +216,16 @@ class TwoStageDetector(nn.Module):
         detections, box_losses = self.roi_heads(features, proposals, image_list.image_sizes, targets)
         return {**rpn_losses, **box_losses} if self.training else detections
 
-    def detect(self, images: Tensor, image_size: tuple[int, int], config: DecodeConfig) -> list[Detections]:
+    def detect(
+        self, images: Tensor, image_size: tuple[int, int], config: DecodeConfig
+    ) -> tuple[list[Detections], None]:
         """Per image: boxes scoring above the floor after class-wise NMS, best `top_k`
-        (decode settings go to the RoI heads' post-processing; `candidates` is the RPN's `proposals`)."""
+        (decode settings go to the RoI heads' post-processing; `candidates` is the RPN's `proposals`);
+        no global head, so no image-class probabilities."""
         heads = self.roi_heads
         heads.score_thresh, heads.nms_thresh, heads.detections_per_img = config.score_floor, config.nms_iou, config.top_k
         found = self(images, image_size=image_size)
-        return [Detections(d["boxes"], d["scores"], d["labels"] - 1) for d in found]
+        return [Detections(d["boxes"], d["scores"], d["labels"] - 1) for d in found], None
 
 
 def save_two_stage(path: Path, model: TwoStageDetector, extra: dict[str, Any]) -> None:

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from torch import nn
 
 from cxrdet.config import DetectorParams, OptimParams
@@ -30,22 +29,8 @@ from cxrdet.data.box_augment import BoxAugmentSettings, detector_augmentation
 from cxrdet.data.datasets import CachedImages, Prepared
 from cxrdet.data.detection import DetectionDataset, boxes_to_input, collate_detection
 from cxrdet.errors import CxrdetError
+from cxrdet.families import FamilySettings, family_of, get_family
 from cxrdet.infer.detector_tta import detection_views, predict_views, prediction_tables
-from cxrdet.metrics.detection import detection_scores
-from cxrdet.metrics.iou import xyxy_frame
-from cxrdet.models.anchors import warn_unmatchable
-from cxrdet.models.families import MODEL_FILES, RETINANET, TWO_STAGE, detect
-from cxrdet.models.retinanet import (
-    DecodeConfig,
-    RetinaNet,
-    RetinaNetLoss,
-    build_retinanet,
-    decode_config,
-    loss_config,
-    save_detector,
-)
-from cxrdet.models.two_stage import TwoStageDetector, build_two_stage, save_two_stage
-from cxrdet.runtime.distributed import unwrap
 from cxrdet.runtime.seed import seed_everything
 from cxrdet.runtime.session import Runtime
 from cxrdet.train.classifier import classification_targets, file_digest
@@ -53,112 +38,6 @@ from cxrdet.train.loop import FitResult, fit
 
 LogFn = Callable[[dict[str, float], int], None]
 EpochFn = Callable[[int, dict[str, float]], None]
-
-
-# ---------------------------------------------------------------- the Task
-
-
-class DetectionTask:
-    """Loss, prediction and validation scores of a RetinaNet for `fit` (prediction and scores
-    serve every family).
-
-    `start_epoch` freezes the encoder during the first `freeze_encoder_epochs` epochs."""
-
-    def __init__(
-        self,
-        criterion: RetinaNetLoss | None,
-        decode_config: DecodeConfig,
-        *,
-        monitor: str = "rsna",
-        freeze_encoder_epochs: int = 0,
-        global_head: bool = True,
-    ) -> None:
-        self.criterion = criterion
-        self.decode_config = decode_config
-        self.monitor = monitor
-        self.freeze_encoder_epochs = freeze_encoder_epochs
-        self.global_head = global_head
-
-    def start_epoch(self, model: nn.Module, epoch: int) -> None:
-        unwrap(model).freeze_encoder(epoch < self.freeze_encoder_epochs)
-
-    def loss(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        device = batch["image"].device
-        outputs = model(batch["image"])
-        total, _ = self.criterion(
-            outputs,
-            [b.to(device) for b in batch["boxes"]],
-            [b.to(device) for b in batch["labels"]],
-            batch["image_label"] if self.global_head else None,
-        )
-        return total
-
-    def predict(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
-        images = batch["image"]
-        detections, _ = detect(unwrap(model), images, tuple(images.shape[-2:]), self.decode_config)
-        return {
-            "index": batch["index"].cpu(),
-            "boxes": [d.boxes.cpu().numpy() for d in detections],
-            "scores": [d.scores.cpu().numpy() for d in detections],
-            "labels": [d.labels.cpu().numpy() for d in detections],
-            "truth": [b.numpy() for b in batch["boxes"]],
-            "truth_labels": [b.numpy() for b in batch["labels"]],
-        }
-
-    def score(self, outputs: list[dict[str, Any]]) -> dict[str, float]:
-        index = np.concatenate([o["index"].numpy() for o in outputs])
-
-        def frame(boxes_key: str, labels_key: str, scores_key: str | None) -> pd.DataFrame:
-            boxes = [b for o in outputs for b in o[boxes_key]]
-            owners = np.repeat(index, [len(b) for b in boxes])
-            extra = {"class_id": np.concatenate([b for o in outputs for b in o[labels_key]]).astype(np.int64)}
-            if scores_key:
-                extra["score"] = np.concatenate([s for o in outputs for s in o[scores_key]]).astype(np.float64)
-            return xyxy_frame(owners, np.concatenate(boxes) if boxes else np.zeros((0, 4)), **extra)
-
-        return detection_scores(frame("truth", "truth_labels", None), frame("boxes", "labels", "scores"))
-
-
-class TwoStageTask(DetectionTask):
-    """The two-stage detector's loss: the sum of torchvision's RPN and box-head losses, which
-    its forward pass computes from the targets (images without boxes: background only)."""
-
-    def __init__(self, decode_config: DecodeConfig, *, monitor: str = "rsna", freeze_encoder_epochs: int = 0) -> None:
-        super().__init__(None, decode_config, monitor=monitor, freeze_encoder_epochs=freeze_encoder_epochs, global_head=False)
-
-    def loss(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        device = batch["image"].device
-        targets = [{"boxes": b.to(device), "labels": c.to(device)} for b, c in zip(batch["boxes"], batch["labels"])]
-        return sum(model(batch["image"], targets).values())
-
-
-# ---------------------------------------------------------------- the families
-
-
-@dataclass(frozen=True)
-class Family:
-    """What differs between the detector families on the shared loop, stage and tables."""
-
-    family: str  # RETINANET | TWO_STAGE
-    name: str  # the `model` column of its predictions (params' detector.name, detector.two_stage.name)
-    optim: OptimParams
-    decode: DecodeConfig
-    positives_only: bool  # train on images with boxes only
-    model_file: str  # in models/detector/fold<k>/
-
-
-def family_settings(params: DetectorParams, family: str) -> Family:
-    if family == TWO_STAGE:
-        two_stage = params.two_stage
-        return Family(
-            TWO_STAGE, two_stage.name, two_stage.optim, DecodeConfig(**two_stage.decode.model_dump()),
-            two_stage.positives_only, MODEL_FILES[TWO_STAGE],
-        )
-    return Family(RETINANET, params.name, params.optim, decode_config(params), False, MODEL_FILES[RETINANET])
-
-
-def family_of(model: nn.Module) -> str:
-    return TWO_STAGE if isinstance(model, TwoStageDetector) else RETINANET
 
 
 def training_box_sizes(prepared: Prepared, image_ids: Sequence[str], size: int) -> np.ndarray:
@@ -193,7 +72,7 @@ def detector_data(prepared: Prepared, params: DetectorParams) -> DetectorData:
 
 
 def train_detector(
-    model: RetinaNet | TwoStageDetector,
+    model: nn.Module,
     params: DetectorParams,
     data: DetectorData,
     prepared: Prepared,
@@ -212,7 +91,8 @@ def train_detector(
     ends with the best epoch's weights (`val_ids` None: no validation, the last epoch's).
     `epochs` overrides the family's optim.epochs. `identity` is what a resumable checkpoint must match."""
     size = params.image_size
-    settings = family_settings(params, family_of(model))
+    record = family_of(model)
+    settings = record.settings(params)
     optim = settings.optim if epochs is None else settings.optim.model_copy(update={"epochs": epochs})
     if settings.positives_only:  # 1st place: the two-stage detectors saw positive images only
         with_boxes = set(prepared.boxes["image_id"])
@@ -228,26 +108,13 @@ def train_detector(
     val_set = None if val_ids is None else DetectionDataset(
         CachedImages(prepared, val_ids), prepared.images, prepared.boxes, labels.loc[list(val_ids)].to_numpy(), size
     )
-    if settings.family == TWO_STAGE:
-        # No anchor warning: the RPN matches every box to its best anchor and the box head regresses again.
-        task: DetectionTask = TwoStageTask(
-            settings.decode, monitor=params.monitor, freeze_encoder_epochs=params.freeze_encoder_epochs
-        )
-        knobs = {
-            "shared": params.model_dump(include={"backbone", "weights", "image_size", "augment", "freeze_encoder_epochs", "monitor"}),
-            "positives_only": settings.positives_only,
-        }
-    else:
-        warn_unmatchable(training_box_sizes(prepared, train_ids, size), model.config.anchors, params.loss.fg_iou)
-        task = DetectionTask(
-            RetinaNetLoss(model.box_coder, loss_config(params)), settings.decode,
-            monitor=params.monitor, freeze_encoder_epochs=params.freeze_encoder_epochs,
-            global_head=bool(data.image_class_names),
-        )
-        knobs = params.model_dump(exclude={"optim", "decode", "tta", "folds", "name", "families", "two_stage"})
+    task = record.task(
+        model, params, settings, bool(data.image_class_names), lambda: training_box_sizes(prepared, train_ids, size)
+    )
     full_identity = {
         "recipe": "detector", "data_hash": prepared.info["data_hash"], "model": model.config.to_dict(),
-        "train_ids": hashlib.sha256("\n".join(train_ids).encode()).hexdigest(), "params": knobs, **identity,
+        "train_ids": hashlib.sha256("\n".join(train_ids).encode()).hexdigest(),
+        "params": record.identity(params, settings), **identity,
     }
     return fit(
         model, task, train_set, val_set, optim=optim, runtime=runtime.params, device=runtime.device,
@@ -262,28 +129,22 @@ def weights_identity(weights: dict[str, Any]) -> dict[str, Any]:
     return {"pretrained": file_digest(Path(path)) if path else None, "imagenet": bool(weights.get("imagenet"))}
 
 
-def seeded_detector(params: DetectorParams, data: DetectorData, **kwargs: Any) -> RetinaNet:
-    """A fresh detector, its initial weights a function of the optimisation seed."""
-    seed_everything(params.optim.seed)
-    return build_retinanet(params, len(data.class_names), len(data.image_class_names), **kwargs)
-
-
 def seeded_family(
     params: DetectorParams, data: DetectorData, family: str, *, tuned_anchors: dict[str, Any] | None = None,
     tuned_key: str = "anchors.json", weights: dict[str, Any] | None = None,
-) -> RetinaNet | TwoStageDetector:
-    """A fresh detector of `family`; the tuned anchors are the RetinaNet's (the RPN has its own)."""
-    if family == TWO_STAGE:
-        seed_everything(params.two_stage.optim.seed)
-        return build_two_stage(params, len(data.class_names), weights)
-    return seeded_detector(params, data, tuned_anchors=tuned_anchors, tuned_key=tuned_key, weights=weights)
+) -> nn.Module:
+    """A fresh detector of `family`, its initial weights a function of the family's optimisation
+    seed; `tuned_anchors`: anchors.json content (named `tuned_key` in errors)."""
+    record = get_family(family)
+    seed_everything(record.settings(params).optim.seed)
+    return record.build(params, len(data.class_names), len(data.image_class_names), tuned_anchors, tuned_key, weights)
 
 
 # ---------------------------------------------------------------- predictions
 
 
 def predict_detector(
-    model: RetinaNet | TwoStageDetector,
+    model: nn.Module,
     params: DetectorParams,
     data: DetectorData,
     prepared: Prepared,
@@ -293,14 +154,15 @@ def predict_detector(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(boxes, images) prediction tables (cxrdet.infer.detector_tta) over every TTA view; the
     `model` column is the family's name (the two-stage has no global head: no p_ columns)."""
-    settings = family_settings(params, family_of(model))
+    record = family_of(model)
+    settings = record.settings(params)
     views = detection_views(params.tta.hflip, params.tta.scales)
     predictions = predict_views(
         model, CachedImages(prepared, image_ids), size=params.image_size, views=views,
         decode_config=settings.decode, batch_size=params.tta.batch_size, device=runtime.device,
         runtime=runtime.params, context=runtime.context,
     )
-    has_head = settings.family == RETINANET
+    has_head = record.global_head
     return prediction_tables(
         predictions, image_ids, prepared.images, params.image_size, fold=fold, model=settings.name,
         image_classes=data.image_class_names if has_head else (), positive=data.positive if has_head else (),
@@ -315,8 +177,8 @@ class TrainedFamily:
     """One family after `train_families`: its trained model, its model file's config, the fit and
     its prediction tables by part (boxes, images: the cxrdet.infer.detector_tta contract)."""
 
-    settings: Family
-    model: RetinaNet | TwoStageDetector
+    settings: FamilySettings
+    model: nn.Module
     config: dict[str, Any]
     result: FitResult
     tables: dict[str, tuple[pd.DataFrame, pd.DataFrame]]
@@ -338,7 +200,7 @@ def train_families(
     tuned_anchors: dict[str, Any] | None = None,
     tuned_key: str = "anchors.json",
     epochs: Mapping[str, int] | None = None,
-    family_run: Callable[[Family], AbstractContextManager[Any]] = lambda _: nullcontext(),
+    family_run: Callable[[FamilySettings], AbstractContextManager[Any]] = lambda _: nullcontext(),
     log: LogFn | None = None,
     desc: str = "",
 ) -> Iterator[TrainedFamily]:
@@ -352,7 +214,8 @@ def train_families(
     nested MLflow run) and is yielded there on the main process, so what the caller logs goes to
     it; other DDP ranks train and predict only."""
     for family in params.families:
-        settings = family_settings(params, family)
+        record = get_family(family)
+        settings = record.settings(params)
         with family_run(settings):
             model = seeded_family(params, data, family, tuned_anchors=tuned_anchors, tuned_key=tuned_key, weights=weights)
             result = train_detector(
@@ -363,7 +226,7 @@ def train_families(
             tables = {part: predict_detector(model, params, data, prepared, ids[part], runtime, fold) for part in predict}
             if not runtime.context.is_main:
                 continue
-            head = settings.family == RETINANET
+            head = record.global_head
             config = {
                 "fold": fold, "name": settings.name, "family": family, "image_size": params.image_size,
                 "class_names": data.class_names, "positive": data.positive if head else [],
@@ -372,8 +235,7 @@ def train_families(
             }
             if validate is not None:
                 config |= {"best_epoch": result.best_epoch, f"best_val_{params.monitor}": result.best_score}
-            save = save_detector if head else save_two_stage
-            save(model_dir / settings.model_file, model, config)
+            record.save(model_dir / settings.model_file, model, config)
             yield TrainedFamily(settings, model, config, result, tables)
 
 

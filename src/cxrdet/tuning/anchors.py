@@ -34,6 +34,7 @@ from cxrdet.config import (
 )
 from cxrdet.data.datasets import Prepared
 from cxrdet.errors import ConfigError, CxrdetError
+from cxrdet.families import retinanet
 from cxrdet.models.anchors import (
     AnchorConfig,
     anchors_from_base,
@@ -46,7 +47,7 @@ from cxrdet.runtime.session import Runtime
 from cxrdet.tracking.runs import log_numeric
 from cxrdet.train.detector import (
     DetectorData,
-    seeded_detector,
+    seeded_family,
     train_detector,
     training_box_sizes,
     weights_identity,
@@ -224,7 +225,7 @@ def tune_anchors(
             score = _finite(metrics[f"val_{detector.monitor}"])
             report_epoch(trial, score, epoch, prune=not is_configured)
 
-        model = seeded_detector(proxy, data, tuned_anchors={"anchors": anchors.to_dict()}, tuned_key=f"trial {trial.number}", weights=weights)
+        model = seeded_family(proxy, data, retinanet.KEY, tuned_anchors={"anchors": anchors.to_dict()}, tuned_key=f"trial {trial.number}", weights=weights)
         with tempfile.TemporaryDirectory(prefix="cxrdet-anchor-trial-") as checkpoints:
             result = train_detector(
                 model, proxy, data, prepared, ids, val, runtime, Path(checkpoints),
