@@ -42,16 +42,11 @@ from cxrdet.evaluation import (
     threshold_curve,
     write_truth_file,
 )
+from cxrdet.formats import metric_name, output_format, resolve_objective
 from cxrdet.infer.predictor import EnsemblePredictor, LoadedImages, project_spec
 from cxrdet.io import write_csv, write_json
-from cxrdet.metrics.competition import metric_name, resolve_objective
 from cxrdet.paths import project_root, resolve
 from cxrdet.runtime.session import start_runtime, stop_runtime
-from cxrdet.submission import (
-    write_folder_submission,
-    write_rsna_submission,
-    write_vinbigdata_submission,
-)
 from cxrdet.tracking.runs import log_numeric, stage_run
 
 OUT = "results/evaluate"
@@ -106,16 +101,11 @@ def report(
     fmt, class_names, ids = holdout.fmt, list(prepared.info["class_names"]), holdout.image_ids
     done = predictor.ensemble(holdout.members)
     final = done.boxes
-    if fmt == "rsna":
-        write_rsna_submission(final, out / "submission.csv", image_ids=ids)
-    elif fmt == "vinbigdata":
-        write_vinbigdata_submission(final, out / "submission.csv", image_ids=ids)
-    else:
-        write_folder_submission(final, out / "submission.csv", class_names, image_ids=ids)
+    layout = output_format(fmt)
+    layout.write_submission(final, out / "submission.csv", class_names, ids)
     write_truth_file(fmt, holdout.truth, ids, class_names, out / "truth.csv")
-    layout = fmt if fmt in ("rsna", "vinbigdata") else "folder"
-    command = (f"cxrdet evaluate --format {layout} --truth {OUT}/truth.csv --submission {OUT}/submission.csv"
-               + (" --no-fuse-readers" if fmt == "vinbigdata" else ""))  # the truth file's boxes are prepare's
+    command = (f"cxrdet evaluate --format {layout.key} --truth {OUT}/truth.csv --submission {OUT}/submission.csv"
+               + layout.evaluate_flags)
 
     metric, truth = metric_name(fmt, holdout.objective), holdout.opacity_truth()
     probabilities = done.probabilities.reindex(ids)

@@ -25,9 +25,9 @@ from cxrdet.config import Params, load_params
 from cxrdet.data.datasets import Prepared, read_prepared
 from cxrdet.data.folds import HOLDOUT
 from cxrdet.errors import CxrdetError, exit_code_of
+from cxrdet.formats import metric_name
 from cxrdet.infer.predictor import PredictorSpec, project_spec, save_bundle
 from cxrdet.io import write_json
-from cxrdet.metrics.competition import metric_name
 from cxrdet.paths import project_root, resolve
 from cxrdet.serving.check import box_difference, comparable, output_boxes, submission_boxes
 from cxrdet.serving.inputs import ID, IMAGE, frame_of, png_example

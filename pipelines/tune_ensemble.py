@@ -21,11 +21,17 @@ from cxrdet.config import load_params
 from cxrdet.data.datasets import read_prepared
 from cxrdet.ensemble import EnsembleRecipe
 from cxrdet.errors import ConfigError, CxrdetError, exit_code_of
+from cxrdet.formats import metric_name, resolve_objective
 from cxrdet.io import write_json
-from cxrdet.metrics.competition import metric_name, resolve_objective
 from cxrdet.paths import project_root
 from cxrdet.tracking.runs import log_numeric, stage_run
-from cxrdet.tuning.ensemble import TuningData, read_fold_predictions, score_recipe, tune_ensemble, write_study_plots
+from cxrdet.tuning.ensemble import (
+    TuningData,
+    read_fold_predictions,
+    score_recipe,
+    tune_ensemble,
+    write_study_plots,
+)
 
 OUT = "results/tuning/ensemble.json"
 JOURNAL = "results/tuning/ensemble.journal"

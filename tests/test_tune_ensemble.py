@@ -17,8 +17,8 @@ from cxrdet.config import TuneEnsembleParams, validate_params
 from cxrdet.ensemble import EnsembleRecipe, Gating, apply_recipe
 from cxrdet.errors import ConfigError
 from cxrdet.evaluation import Holdout
+from cxrdet.formats import competition_score
 from cxrdet.metrics import mean_average_precision, rsna_score
-from cxrdet.metrics.competition import competition_score
 from cxrdet.tuning.ensemble import score_recipe, tune_ensemble, write_study_plots
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "tuning.py"

@@ -23,10 +23,10 @@ from cxrdet.data.datasets import Prepared, truth_boxes
 from cxrdet.data.folds import HOLDOUT
 from cxrdet.ensemble import FUSERS, EnsembleRecipe, Fusion, Gating, MemberPredictions, apply_recipe
 from cxrdet.errors import CxrdetError
+from cxrdet.formats import competition_score, metric_name, output_format, reported_objectives
 from cxrdet.infer.detector_tta import FINAL_FOLD, ORIGINAL
 from cxrdet.io import atomic_path
 from cxrdet.metrics import binary_metrics, iou_xywh, mean_average_precision, rsna_score
-from cxrdet.metrics.competition import competition_score, metric_name, reported_objectives
 from cxrdet.metrics.detection import mean_box_baseline, view_rsna
 from cxrdet.metrics.vinbigdata import NO_FINDING
 from cxrdet.viz import overlay_grid
@@ -170,35 +170,10 @@ def auc(truth: pd.Series, scores: pd.Series) -> float | None:
 
 
 def write_truth_file(fmt: str, truth: pd.DataFrame, image_ids: Sequence[str], class_names: Sequence[str], path: Path) -> Path:
-    """The holdout truth in the competition's train-label layout, for `cxrdet evaluate`:
-    rsna: stage_2_train_labels.csv; vinbigdata: train.csv (boxes as prepared, one reader:
-    evaluate it with --no-fuse-readers); folder: annotations.csv. Coordinates as exact
-    decimal floats."""
-    rows: list[list[str]] = []
-    by_image = {image_id: group for image_id, group in truth.groupby("image_id")}
-    if fmt == "rsna":
-        rows.append(["patientId", "x", "y", "width", "height", "Target"])
-        for image_id in image_ids:
-            boxes = by_image.get(image_id)
-            if boxes is None:
-                rows.append([image_id, "", "", "", "", "0"])
-            else:
-                rows += [[image_id, *map(_number, (b.x, b.y, b.w, b.h)), "1"] for b in boxes.itertuples()]
-    elif fmt == "vinbigdata":
-        from cxrdet.data.sources.vinbigdata import NO_FINDING as NO_FINDING_NAME
-
-        rows.append(["image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max"])
-        for image_id in image_ids:
-            boxes = by_image.get(image_id)
-            if boxes is None:
-                rows.append([image_id, NO_FINDING_NAME, str(NO_FINDING), "", "", "", "", ""])
-            else:
-                rows += [[image_id, class_names[b.class_id], str(b.class_id), "",
-                          *map(_number, (b.x, b.y, b.x + b.w, b.y + b.h))] for b in boxes.itertuples()]
-    else:  # folder: annotations.csv (images without boxes are not listed; they do not change mAP)
-        rows.append(["image_id", "x", "y", "width", "height", "label"])
-        rows += [[b.image_id, *map(_number, (b.x, b.y, b.w, b.h)), class_names[b.class_id]]
-                 for b in truth.itertuples() if b.image_id in set(image_ids)]
+    """The holdout truth in the competition's train-label layout, for `cxrdet evaluate`
+    (cxrdet.formats: rsna stage_2_train_labels.csv, vinbigdata train.csv, folder
+    annotations.csv). Coordinates as exact decimal floats."""
+    rows = output_format(fmt).truth_rows(truth, image_ids, class_names)
     with atomic_path(path) as partial, partial.open("w", newline="", encoding="utf-8") as handle:
         csv.writer(handle, lineterminator="\n").writerows(rows)
     return Path(path)
@@ -287,12 +262,6 @@ def _save(figure: Any, path: Path) -> None:
     with atomic_path(path) as partial:
         figure.savefig(partial, format="png")
     plt.close(figure)
-
-
-def _number(value: float) -> str:
-    """The shortest text that reads back to the same float."""
-    text = repr(float(value))
-    return text[:-2] if text.endswith(".0") else text
 
 
 def finite_or_none(value: float) -> float | None:

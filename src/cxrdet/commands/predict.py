@@ -40,10 +40,10 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from cxrdet.errors import CxrdetError
+    from cxrdet.formats import output_format
     from cxrdet.infer.predictor import image_files
     from cxrdet.paths import project_root
     from cxrdet.serving.load import load_predictor
-    from cxrdet.submission import write_folder_submission, write_rsna_submission, write_vinbigdata_submission
     from cxrdet.tracking.store import OFFLINE_ENV
 
     for key, value in OFFLINE_ENV.items():
@@ -60,11 +60,6 @@ def run(args: argparse.Namespace) -> int:
     with tqdm(total=len(paths), desc="predict", unit="img", disable=not args.progress) as bar:
         result = predictor.predict(paths, image_ids, chunk=args.chunk, progress=bar.update)
     boxes = result.boxes
-    if fmt == "rsna":
-        write_rsna_submission(boxes, args.out, image_ids=image_ids)
-    elif fmt == "vinbigdata":
-        write_vinbigdata_submission(boxes, args.out, image_ids=image_ids)
-    else:
-        write_folder_submission(boxes, args.out, predictor.spec.class_names, image_ids=image_ids)
+    output_format(fmt).write_submission(boxes, args.out, predictor.spec.class_names, image_ids)
     print(f"{len(image_ids)} images, {len(boxes)} boxes -> {args.out} ({fmt})", file=sys.stderr)
     return 0

@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrdet.metrics.competition import as_submitted
+from cxrdet.formats import output_format
 from cxrdet.serving.inputs import ID
-from cxrdet.submission import read_folder_submission, read_rsna_submission, read_vinbigdata_submission
 
 COLUMNS = ["image_id", "x", "y", "w", "h", "score", "class_id"]
 # Batches of other sizes change float sums in the last bits: allow that, nothing more.
@@ -27,18 +26,13 @@ def output_boxes(output: pd.DataFrame) -> pd.DataFrame:
 
 def submission_boxes(path: Path, fmt: str, class_names: Sequence[str], image_ids: Sequence[str]) -> pd.DataFrame:
     """The boxes a submission file gives the images `image_ids` (COLUMNS)."""
-    if fmt == "rsna":
-        boxes = read_rsna_submission(path).predictions
-    elif fmt == "vinbigdata":
-        boxes = read_vinbigdata_submission(path).predictions
-    else:
-        boxes = read_folder_submission(path, class_names).predictions
+    boxes = output_format(fmt).read_submission(path, class_names)
     return boxes[boxes["image_id"].astype(str).isin(list(image_ids))][COLUMNS]
 
 
 def comparable(boxes: pd.DataFrame, fmt: str, image_ids: Sequence[str]) -> pd.DataFrame:
     """As the format's submission carries them (VinBigData: the no-finding box where none)."""
-    return as_submitted(boxes, image_ids) if fmt == "vinbigdata" else boxes
+    return output_format(fmt).as_submitted(boxes, image_ids)
 
 
 def box_difference(found: pd.DataFrame, expected: pd.DataFrame) -> str | None:

@@ -31,6 +31,7 @@ from mlflow.types.schema import Array, Object, Property
 
 from cxrdet.ensemble import Ensembled
 from cxrdet.errors import CxrdetError, ImageReadError
+from cxrdet.formats import output_format
 from cxrdet.infer.predictor import EnsemblePredictor
 from cxrdet.serving.inputs import ID, IMAGE, PATH, image_files
 from cxrdet.submission import prediction_strings
@@ -50,14 +51,9 @@ SIGNATURE = ModelSignature(
 )
 
 
-def string_layout(fmt: str) -> str:
-    """The PredictionString layout of a dataset format (cxrdet.submission.prediction_strings)."""
-    return fmt if fmt in ("rsna", "vinbigdata") else "classes"
-
-
 def output_frame(result: Ensembled, image_ids: list[str], class_names: list[str], fmt: str) -> pd.DataFrame:
     """One row per image of `image_ids` (OUTPUT_COLUMNS) from the ensemble's result."""
-    strings = dict(prediction_strings(result.boxes, string_layout(fmt), image_ids=image_ids))
+    strings = dict(prediction_strings(result.boxes, output_format(fmt).string_layout, image_ids=image_ids))
     boxes: dict[str, list[dict[str, Any]]] = {image_id: [] for image_id in image_ids}
     for row in result.boxes.itertuples(index=False):  # best first within each image
         boxes[str(row.image_id)].append({

@@ -38,12 +38,25 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from cxrdet.config import CountRange, EnsembleSearchParams, ShrinkRange, TuneEnsembleParams, UnitRange
-from cxrdet.ensemble import EnsembleRecipe, Fusion, Gating, MemberPredictions, apply_recipe, view_order
+from cxrdet.config import (
+    CountRange,
+    EnsembleSearchParams,
+    ShrinkRange,
+    TuneEnsembleParams,
+    UnitRange,
+)
+from cxrdet.ensemble import (
+    EnsembleRecipe,
+    Fusion,
+    Gating,
+    MemberPredictions,
+    apply_recipe,
+    view_order,
+)
 from cxrdet.ensemble.gating import NOT_NORMAL_COLUMN
 from cxrdet.errors import CxrdetError
+from cxrdet.formats import competition_score, metric_name, resolve_objective
 from cxrdet.io import atomic_path
-from cxrdet.metrics.competition import competition_score, metric_name, resolve_objective
 from cxrdet.tuning.study import open_study, run_trials, study_name, trial_reason
 
 COMPLETE, PRUNED, FAIL = TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL
