@@ -15,7 +15,7 @@ import pandas as pd
 from cxrdet.config import load_params
 from cxrdet.errors import CxrdetError, exit_code_of
 from cxrdet.io import write_json
-from cxrdet.paths import project_root
+from cxrdet.paths import CLASSIFIER_FOLDS, CLASSIFIER_RESULTS, PREPARED_DETECT, project_root
 from cxrdet.tracking.runs import log_numeric, stage_run
 from cxrdet.train.predictions import opacity_truth, plot_roc, roc_curves, summarize
 
@@ -23,8 +23,8 @@ from cxrdet.train.predictions import opacity_truth, plot_roc, roc_curves, summar
 def main() -> None:
     root = project_root()
     params = load_params(root / "params.yaml")
-    prepared = root / "data/prepared/detect"
-    folds = root / "results/classifier/folds"
+    prepared = root / PREPARED_DETECT
+    folds = root / CLASSIFIER_FOLDS
     missing = [
         f"fold{k}"
         for k in params.classifier.folds
@@ -48,7 +48,7 @@ def main() -> None:
         pd.read_parquet(prepared / "images.parquet"), pd.read_parquet(prepared / "boxes.parquet")
     )
     data_hash = json.loads((prepared / "dataset.json").read_text())["data_hash"]
-    out = root / "results/classifier"
+    out = root / CLASSIFIER_RESULTS
     with stage_run(
         "classifier_report",
         root=root,

@@ -18,27 +18,34 @@ import pandas as pd
 
 from cxrdet.config import load_params
 from cxrdet.data.datasets import read_prepared, truth_boxes
-from cxrdet.data.folds import HOLDOUT
+from cxrdet.data.folds import HOLDOUT, fold_ids
 from cxrdet.errors import CxrdetError, exit_code_of
 from cxrdet.evaluation import fold_overlay, folds_report
 from cxrdet.families import family_settings
 from cxrdet.infer.detector_tta import ORIGINAL
 from cxrdet.io import write_json
 from cxrdet.metrics.detection import view_rsna
-from cxrdet.paths import project_root
+from cxrdet.paths import (
+    DETECTOR_FINAL,
+    DETECTOR_FOLDS,
+    DETECTOR_RESULTS,
+    FOLDS,
+    PREPARED_DETECT,
+    project_root,
+)
 from cxrdet.tracking.runs import log_numeric, stage_run
 
 
 def main() -> None:
     root = project_root()
     params = load_params(root / "params.yaml")
-    folds_dir = root / "results/detector/folds"
+    folds_dir = root / DETECTOR_FOLDS
     folds = params.detector.folds
     missing = [f"fold{k}" for k in folds if not (folds_dir / f"fold{k}" / "oof_boxes.parquet").exists()]
     if missing:
         raise CxrdetError(f"{folds_dir}: no predictions for {missing}; run `dvc repro train_detector`")
-    prepared = read_prepared(root / "data/prepared/detect")
-    split = pd.read_parquet(root / "data/split/folds.parquet")
+    prepared = read_prepared(root / PREPARED_DETECT)
+    split = pd.read_parquet(root / FOLDS)
     boxes = {part: {k: pd.read_parquet(folds_dir / f"fold{k}" / f"{part}_boxes.parquet") for k in folds}
              for part in ("oof", "holdout")}
     # One report per detector family (the `model` column); the first family's is the headline.
@@ -49,15 +56,15 @@ def main() -> None:
         for name in names
     }
     if params.detector_final.enabled:  # the final models on the holdout, at the folds' out-of-fold threshold
-        final = pd.read_parquet(root / "results/detector/final/holdout_boxes.parquet")
-        truth = truth_boxes(prepared, split.loc[split["fold"] == HOLDOUT, "image_id"].tolist())
+        final = pd.read_parquet(root / DETECTOR_FINAL / "holdout_boxes.parquet")
+        truth = truth_boxes(prepared, fold_ids(split, HOLDOUT))
         for name, other in reports.items():
             score = view_rsna(truth, final[final["model"] == name], ORIGINAL, threshold=other.threshold)[0]
             other.metrics["final"] = {"holdout_rsna_score": score}
     report = reports[names[0]]
     if len(names) > 1:
         report.metrics["models"] = {name: dict(other.metrics) for name, other in reports.items()}
-    out = root / "results/detector"
+    out = root / DETECTOR_RESULTS
     with stage_run(
         "detector_report", root=root, experiment=params.tracking.experiment,
         tags={"cxrdet.dataset": "detect", "cxrdet.data_hash": prepared.info["data_hash"], "cxrdet.model": params.detector.name},
@@ -65,7 +72,7 @@ def main() -> None:
     ):
         write_json(report.metrics, out / "metrics.json")
         fold_overlay(
-            prepared, split.loc[split["fold"] == HOLDOUT, "image_id"].tolist(),
+            prepared, fold_ids(split, HOLDOUT),
             boxes["holdout"][report.best_fold].query("model == @names[0]"),
             report.threshold, out / "holdout.png", f"fold{report.best_fold} {names[0]}",
         )

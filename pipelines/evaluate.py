@@ -28,7 +28,7 @@ import pandas as pd
 
 from cxrdet.config import Params, load_params
 from cxrdet.data.datasets import Prepared, read_prepared
-from cxrdet.data.folds import HOLDOUT
+from cxrdet.data.folds import HOLDOUT, fold_ids
 from cxrdet.ensemble import EnsembleRecipe
 from cxrdet.errors import CxrdetError, exit_code_of
 from cxrdet.evaluation import (
@@ -45,11 +45,10 @@ from cxrdet.evaluation import (
 from cxrdet.formats import metric_name, output_format, resolve_objective
 from cxrdet.infer.predictor import EnsemblePredictor, LoadedImages, project_spec
 from cxrdet.io import write_csv, write_json
-from cxrdet.paths import project_root, resolve
+from cxrdet.paths import EVALUATE, FOLDS, PREPARED_DETECT, project_root, resolve
 from cxrdet.runtime.session import start_runtime, stop_runtime
 from cxrdet.tracking.runs import log_numeric, stage_run
 
-OUT = "results/evaluate"
 PR_POINTS = 2000  # pr.csv keeps at most this many points (DVC renders every row)
 PLOTS = ("threshold.png", "pr.png", "roc.png", "overlay.png")
 
@@ -57,9 +56,9 @@ PLOTS = ("threshold.png", "pr.png", "roc.png", "overlay.png")
 def main() -> None:
     root = project_root()
     params = load_params(root / "params.yaml")
-    prepared = read_prepared(root / "data/prepared/detect")
-    split = pd.read_parquet(root / "data/split/folds.parquet")
-    image_ids = split.loc[split["fold"] == HOLDOUT, "image_id"].tolist()
+    prepared = read_prepared(root / PREPARED_DETECT)
+    split = pd.read_parquet(root / FOLDS)
+    image_ids = fold_ids(split, HOLDOUT)
     if not image_ids:
         raise CxrdetError("data/split/folds.parquet has no holdout images (split.holdout_fraction is 0)")
     spec = project_spec(root)
@@ -80,18 +79,18 @@ def main() -> None:
                 image_ids, prepared.info["format"], predictor.class_names,
                 objective=predictor.spec.source.get("objective", "auto"),  # what tune_ensemble maximised
             )
-            metrics = report(root / OUT, params, prepared, predictor, holdout, loaded)
+            metrics = report(root / EVALUATE, params, prepared, predictor, holdout, loaded)
             log_numeric({k: v for k, v in metrics.items() if k != "ablation"})
             log_numeric({name: row["score"] for name, row in metrics["ablation"].items() if row["score"] is not None},
                         prefix=f"ablation.{metric_name(holdout.fmt, holdout.objective)}.")
             for name in ("metrics.json", "submission.csv", "truth.csv", "threshold.csv", "pr.csv", *PLOTS):
-                mlflow.log_artifact(str(root / OUT / name))
+                mlflow.log_artifact(str(root / EVALUATE / name))
     finally:
         stop_runtime()
     score = metrics[metrics["metric"]]
     print(f"holdout {metrics['metric']} {'n/a' if score is None else f'{score:.4f}'} (AUC {metrics['auc']}) "
           f"over {len(image_ids)} images; ablation: "
-          + ", ".join(f"{k} {v['score']}" for k, v in metrics["ablation"].items()) + f" -> {OUT}")
+          + ", ".join(f"{k} {v['score']}" for k, v in metrics["ablation"].items()) + f" -> {EVALUATE}")
 
 
 def report(
@@ -104,7 +103,7 @@ def report(
     layout = output_format(fmt)
     layout.write_submission(final, out / "submission.csv", class_names, ids)
     write_truth_file(fmt, holdout.truth, ids, class_names, out / "truth.csv")
-    command = (f"cxrdet evaluate --format {layout.key} --truth {OUT}/truth.csv --submission {OUT}/submission.csv"
+    command = (f"cxrdet evaluate --format {layout.key} --truth {EVALUATE}/truth.csv --submission {EVALUATE}/submission.csv"
                + layout.evaluate_flags)
 
     metric, truth = metric_name(fmt, holdout.objective), holdout.opacity_truth()

@@ -9,7 +9,7 @@ import mlflow
 from cxrdet.config import load_params
 from cxrdet.data.prepare import PrepareOptions, prepare_dataset
 from cxrdet.errors import ConfigError, exit_code_of
-from cxrdet.paths import project_root
+from cxrdet.paths import PREPARED, project_root
 from cxrdet.tracking.runs import log_numeric, stage_run
 
 
@@ -43,7 +43,7 @@ def main() -> None:
         run_name=f"prepare@{name}",
         tracking_uri=params.tracking.tracking_uri,
     ):
-        prepared = prepare_dataset(dataset.format, root / dataset.raw_dir, root / "data/prepared" / name, options)
+        prepared = prepare_dataset(dataset.format, root / dataset.raw_dir, root / PREPARED / name, options)
         mlflow.set_tag("cxrdet.data_hash", prepared.info["data_hash"])
         log_numeric(prepared.stats)
         for artifact in ("dataset.json", "stats.json", "rejected.csv", "samples.png"):

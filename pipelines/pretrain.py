@@ -19,13 +19,11 @@ from cxrdet.data.datasets import read_prepared
 from cxrdet.errors import exit_code_of
 from cxrdet.io import write_json
 from cxrdet.models.backbone import check_timm_name, create_backbone, save_backbone
-from cxrdet.paths import project_root
+from cxrdet.paths import CHECKPOINTS, PREPARED_PRETRAIN, PRETRAIN_METRICS, PRETRAINED, project_root
+from cxrdet.runtime.seed import seed_everything
+from cxrdet.runtime.session import start_runtime, stop_runtime
 from cxrdet.tracking.runs import log_numeric, stage_run
 from cxrdet.train.classifier import pretrain_backbone, pretrain_summary
-from cxrdet.runtime.session import start_runtime, stop_runtime
-from cxrdet.runtime.seed import seed_everything
-
-CHECKPOINTS = "models/checkpoints/pretrain"
 
 
 def main() -> None:
@@ -37,7 +35,7 @@ def main() -> None:
         check_timm_name(backbone, key)
     runtime = start_runtime(params.train)
     main_process = runtime.context.is_main
-    prepared = read_prepared(root / "data/prepared/pretrain") if pretrain.source == "nih" else None
+    prepared = read_prepared(root / PREPARED_PRETRAIN) if pretrain.source == "nih" else None
     tags = {"cxrdet.source": pretrain.source}
     if prepared is not None:
         tags |= {"cxrdet.dataset": "pretrain", "cxrdet.data_hash": prepared.info["data_hash"]}
@@ -73,7 +71,7 @@ def main() -> None:
                         prepared,
                         pretrain,
                         runtime,
-                        root / CHECKPOINTS / backbone,
+                        root / CHECKPOINTS / "pretrain" / backbone,
                         keys[backbone],
                         log,
                     )
@@ -102,14 +100,14 @@ def main() -> None:
                     )
                 if main_process:
                     save_backbone(
-                        root / "models/pretrained" / f"{backbone}.pt", body, backbone, **origin
+                        root / PRETRAINED / f"{backbone}.pt", body, backbone, **origin
                     )
             if main_process:
-                write_json(metrics, root / "results/pretrain/metrics.json")
+                write_json(metrics, root / PRETRAIN_METRICS)
                 log_numeric(metrics)
-                mlflow.log_artifact(str(root / "results/pretrain/metrics.json"))
+                mlflow.log_artifact(str(root / PRETRAIN_METRICS))
                 # Checkpoints only serve to resume a killed run; a finished stage starts afresh.
-                shutil.rmtree(root / CHECKPOINTS, ignore_errors=True)
+                shutil.rmtree(root / CHECKPOINTS / "pretrain", ignore_errors=True)
     finally:
         stop_runtime()
     if main_process:

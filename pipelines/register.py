@@ -23,28 +23,25 @@ import pandas as pd
 
 from cxrdet.config import Params, load_params
 from cxrdet.data.datasets import Prepared, read_prepared
-from cxrdet.data.folds import HOLDOUT
+from cxrdet.data.folds import HOLDOUT, fold_ids
 from cxrdet.errors import CxrdetError, exit_code_of
 from cxrdet.formats import metric_name
 from cxrdet.infer.predictor import PredictorSpec, project_spec, save_bundle
 from cxrdet.io import write_json
-from cxrdet.paths import project_root, resolve
+from cxrdet.paths import EVALUATE, FOLDS, PREPARED_DETECT, REGISTER, project_root, resolve
 from cxrdet.serving.check import box_difference, comparable, output_boxes, submission_boxes
 from cxrdet.serving.inputs import ID, IMAGE, frame_of, png_example
 from cxrdet.serving.package import log_ensemble
 from cxrdet.tracking import registry
 from cxrdet.tracking.runs import git_commit, log_numeric, stage_run
 
-OUT = "results/register/register.json"
-EVALUATE = Path("results/evaluate")
-
 
 def main() -> None:
     root = project_root()
     params = load_params(root / "params.yaml")
-    prepared = read_prepared(root / "data/prepared/detect")
-    split = pd.read_parquet(root / "data/split/folds.parquet")
-    holdout = sorted(split.loc[split["fold"] == HOLDOUT, "image_id"].astype(str))
+    prepared = read_prepared(root / PREPARED_DETECT)
+    split = pd.read_parquet(root / FOLDS)
+    holdout = sorted(map(str, fold_ids(split, HOLDOUT)))
     if not holdout:
         raise CxrdetError("data/split/folds.parquet has no holdout images: nothing was evaluated to register")
     metrics_file = root / EVALUATE / "metrics.json"
@@ -80,9 +77,9 @@ def main() -> None:
             "score": metrics.get(metric), "promoted": decision.promote, "reason": decision.reason,
             "champion": None if champion is None else int(champion.version), "tags": identity,
         }
-    write_json(record, root / OUT)
+    write_json(record, root / REGISTER)
     print(f"{name} version {version.version} ({metric} {metrics.get(metric)}) is challenger; "
-          f"{'now champion' if decision.promote else 'not promoted'}: {decision.reason} -> {OUT}")
+          f"{'now champion' if decision.promote else 'not promoted'}: {decision.reason} -> {REGISTER}")
 
 
 def raw_paths(root: Path, params: Params, prepared: Prepared, image_ids: list[str]) -> list[Path]:
@@ -119,7 +116,7 @@ def check_against_evaluate(
     difference = box_difference(comparable(output_boxes(output), fmt, image_ids), expected)
     if difference is not None:
         raise CxrdetError(
-            f"the logged model {model_uri} disagrees with {EVALUATE / 'submission.csv'} on {difference}; "
+            f"the logged model {model_uri} disagrees with {Path(EVALUATE) / 'submission.csv'} on {difference}; "
             "rerun `dvc repro evaluate` (its outputs may be stale) before registering"
         )
 

@@ -11,14 +11,14 @@ from cxrdet.config import load_params
 from cxrdet.data.folds import make_folds, split_stats
 from cxrdet.errors import exit_code_of
 from cxrdet.io import write_json, write_parquet
-from cxrdet.paths import project_root
+from cxrdet.paths import FOLDS, PREPARED_DETECT, SPLIT_REPORT, project_root
 from cxrdet.tracking.runs import log_numeric, stage_run
 
 
 def main() -> None:
     root = project_root()
     params = load_params(root / "params.yaml")
-    prepared = root / "data/prepared/detect"
+    prepared = root / PREPARED_DETECT
     images = pd.read_parquet(prepared / "images.parquet")
     boxes = pd.read_parquet(prepared / "boxes.parquet")
     info = json.loads((prepared / "dataset.json").read_text())
@@ -40,10 +40,10 @@ def main() -> None:
             group_by_patient=params.split.group_by_patient,
         )
         stats = split_stats(split, images)
-        write_parquet(split, root / "data/split/folds.parquet")
-        write_json(stats, root / "results/split/split.json")
+        write_parquet(split, root / FOLDS)
+        write_json(stats, root / SPLIT_REPORT)
         log_numeric(stats)
-        mlflow.log_artifact(str(root / "results/split/split.json"))
+        mlflow.log_artifact(str(root / SPLIT_REPORT))
     print(f"split {len(split)} images into {params.split.folds} folds + holdout -> data/split/")
 
 

@@ -14,19 +14,28 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 
 from cxrdet.config import load_params
 from cxrdet.data.datasets import Prepared, read_prepared
-from cxrdet.data.folds import HOLDOUT
+from cxrdet.data.folds import HOLDOUT, fold_ids
 from cxrdet.errors import ConfigError, exit_code_of
 from cxrdet.io import write_json, write_parquet
 from cxrdet.models.classifier import save_classifier
-from cxrdet.paths import project_root
-from cxrdet.tracking.runs import log_numeric, stage_run
-from cxrdet.train.classifier import predict_views, train_fold_classifier
-from cxrdet.train.predictions import opacity_truth, plot_roc, roc_curves, summarize
+from cxrdet.paths import (
+    CHECKPOINTS,
+    CLASSIFIER_FOLDS,
+    CLASSIFIER_MODELS,
+    FOLDS,
+    PREPARED_DETECT,
+    PRETRAINED,
+    project_root,
+)
 from cxrdet.runtime.session import start_runtime, stop_runtime
+from cxrdet.tracking.runs import log_numeric, stage_run
+from cxrdet.train.classifier import predict_classifier_views, train_fold_classifier
+from cxrdet.train.predictions import opacity_truth, plot_roc, roc_curves, summarize
 
 
 def main() -> None:
@@ -41,12 +50,12 @@ def main() -> None:
         raise ConfigError(
             f"classifier.folds: fold {fold} is not listed ({params.classifier.folds})"
         )
-    prepared = read_prepared(root / "data/prepared/detect")
-    split = pd.read_parquet(root / "data/split/folds.parquet")
+    prepared = read_prepared(root / PREPARED_DETECT)
+    split = pd.read_parquet(root / FOLDS)
     data_hash = prepared.info["data_hash"]
     stage = f"train_classifier@{fold}"
-    checkpoints = root / "models/checkpoints" / stage
-    results = root / "results/classifier/folds" / f"fold{fold}"
+    checkpoints = root / CHECKPOINTS / stage
+    results = root / CLASSIFIER_FOLDS / f"fold{fold}"
     runtime = start_runtime(params.train)
     main_process = runtime.context.is_main
     tags = {"cxrdet.dataset": "detect", "cxrdet.data_hash": data_hash, "cxrdet.fold": str(fold)}
@@ -69,8 +78,8 @@ def main() -> None:
     )
     parts: dict[str, list[pd.DataFrame]] = {"oof": [], "holdout": []}
     ids = {
-        "oof": split.loc[split["fold"] == fold, "image_id"].to_numpy(),
-        "holdout": split.loc[split["fold"] == HOLDOUT, "image_id"].to_numpy(),
+        "oof": np.asarray(fold_ids(split, fold), dtype=object),
+        "holdout": np.asarray(fold_ids(split, HOLDOUT), dtype=object),
     }
     log = (lambda values, step: log_numeric(values, step=step)) if main_process else None
     try:
@@ -101,18 +110,18 @@ def main() -> None:
                         prepared,
                         split,
                         params.classifier,
-                        root / "models/pretrained" / f"{variant.backbone}.pt",
+                        root / PRETRAINED / f"{variant.backbone}.pt",
                         runtime,
                         checkpoints / variant.name,
                         log,
                     )
                     for part, image_ids in ids.items():
                         parts[part].append(
-                            predict_views(trained, prepared, image_ids, params.classifier, runtime)
+                            predict_classifier_views(trained, prepared, image_ids, params.classifier, runtime)
                         )
                     if main_process:
                         save_classifier(
-                            root / "models/classifier" / f"fold{fold}" / f"{variant.name}.pt",
+                            root / CLASSIFIER_MODELS / f"fold{fold}" / f"{variant.name}.pt",
                             trained.model,
                             trained.config,
                         )

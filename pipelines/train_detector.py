@@ -23,18 +23,25 @@ import pandas as pd
 
 from cxrdet.config import load_params
 from cxrdet.data.datasets import read_prepared, truth_boxes
-from cxrdet.data.folds import HOLDOUT
+from cxrdet.data.folds import HOLDOUT, fold_ids, training_ids
 from cxrdet.errors import ConfigError, CxrdetError, exit_code_of
 from cxrdet.infer.detector_tta import ORIGINAL
 from cxrdet.io import write_json, write_parquet
 from cxrdet.metrics.detection import view_rsna
 from cxrdet.models.backbone import backbone_source
-from cxrdet.paths import project_root
+from cxrdet.paths import (
+    ANCHORS,
+    CHECKPOINTS,
+    DETECTOR_FOLDS,
+    DETECTOR_MODELS,
+    FOLDS,
+    PREPARED_DETECT,
+    PRETRAINED,
+    project_root,
+)
 from cxrdet.runtime.session import start_runtime, stop_runtime
 from cxrdet.tracking.runs import log_numeric, stage_run
 from cxrdet.train.detector import detector_data, train_families
-
-ANCHORS = "results/tuning/anchors.json"
 
 
 def main() -> None:
@@ -50,16 +57,16 @@ def main() -> None:
     if not anchors_path.is_file():
         raise CxrdetError(f"{anchors_path}: not found; run `dvc repro tune_anchors` first")
     tuned = json.loads(anchors_path.read_text())
-    prepared = read_prepared(root / "data/prepared/detect")
-    split = pd.read_parquet(root / "data/split/folds.parquet")
+    prepared = read_prepared(root / PREPARED_DETECT)
+    split = pd.read_parquet(root / FOLDS)
     ids = {
-        "train": split.loc[(split["fold"] != fold) & (split["fold"] != HOLDOUT), "image_id"].tolist(),
-        "oof": split.loc[split["fold"] == fold, "image_id"].tolist(),
-        "holdout": split.loc[split["fold"] == HOLDOUT, "image_id"].tolist(),
+        "train": training_ids(split, fold),
+        "oof": fold_ids(split, fold),
+        "holdout": fold_ids(split, HOLDOUT),
     }
     stage = f"train_detector@{fold}"
-    checkpoints = root / "models/checkpoints" / stage
-    results = root / "results/detector/folds" / f"fold{fold}"
+    checkpoints = root / CHECKPOINTS / stage
+    results = root / DETECTOR_FOLDS / f"fold{fold}"
     runtime = start_runtime(params.train)
     main_process = runtime.context.is_main
     tags = {"cxrdet.dataset": "detect", "cxrdet.data_hash": prepared.info["data_hash"], "cxrdet.fold": str(fold),
@@ -73,12 +80,12 @@ def main() -> None:
     try:
         with run:
             data = detector_data(prepared, detector)
-            weights = backbone_source(detector, root / "models/pretrained", params.pretrain.allow_download)
+            weights = backbone_source(detector, root / PRETRAINED, params.pretrain.allow_download)
             parts: dict[str, list[tuple[pd.DataFrame, pd.DataFrame]]] = {"oof": [], "holdout": []}
             scores: dict[str, dict[str, float]] = {}
             trained = train_families(
                 detector, data, prepared, ids, runtime, fold=fold, validate="oof", predict=list(parts),
-                model_dir=root / "models/detector" / f"fold{fold}", checkpoint_dir=checkpoints, weights=weights,
+                model_dir=root / DETECTOR_MODELS / f"fold{fold}", checkpoint_dir=checkpoints, weights=weights,
                 tuned_anchors=tuned, tuned_key=ANCHORS,
                 family_run=lambda settings: mlflow.start_run(
                     run_name=f"{stage}/{settings.name}", nested=True,

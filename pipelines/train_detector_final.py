@@ -31,22 +31,30 @@ import pandas as pd
 
 from cxrdet.config import load_params
 from cxrdet.data.datasets import read_prepared
-from cxrdet.data.folds import HOLDOUT
+from cxrdet.data.folds import HOLDOUT, fold_ids, training_ids
+from cxrdet.ensemble.tables import KEY_COLUMNS
 from cxrdet.errors import CxrdetError, exit_code_of
 from cxrdet.families import family_settings
-from cxrdet.infer.detector_tta import BOX_COLUMNS, FINAL_FOLD, KEY_COLUMNS
-from cxrdet.infer.predictor import FINAL_DIR, FINAL_MARKER
+from cxrdet.infer.detector_tta import BOX_COLUMNS, FINAL_FOLD
+from cxrdet.infer.predictor import FINAL_MARKER
 from cxrdet.io import write_json, write_parquet
 from cxrdet.models.backbone import backbone_source
-from cxrdet.paths import project_root
+from cxrdet.paths import (
+    ANCHORS,
+    CHECKPOINTS,
+    DETECTOR_FINAL,
+    DETECTOR_FINAL_MODELS,
+    DETECTOR_FOLDS,
+    FOLDS,
+    PREPARED_DETECT,
+    PRETRAINED,
+    project_root,
+)
 from cxrdet.runtime.session import start_runtime, stop_runtime
 from cxrdet.tracking.runs import log_numeric, stage_run
 from cxrdet.train.detector import detector_data, final_epochs, fold_best_epochs, train_families
 
 STAGE = "train_detector_final"
-ANCHORS = "results/tuning/anchors.json"
-FOLDS = "results/detector/folds"
-RESULTS = "results/detector/final"
 
 
 def main() -> None:
@@ -61,14 +69,14 @@ def main() -> None:
         raise CxrdetError(f"{anchors_path}: not found; run `dvc repro tune_anchors` first")
     tuned = json.loads(anchors_path.read_text())
     # Per family: its folds' best epochs (reported; with epochs null they may set the count).
-    best = {family: fold_best_epochs(root / FOLDS, detector.folds, family_settings(detector, family).name)
+    best = {family: fold_best_epochs(root / DETECTOR_FOLDS, detector.folds, family_settings(detector, family).name)
             for family in detector.families}
     epochs = {family: final_epochs(family_settings(detector, family).optim, best[family], params.detector_final.epochs)
               for family in detector.families}
-    prepared = read_prepared(root / "data/prepared/detect")
-    split = pd.read_parquet(root / "data/split/folds.parquet")
-    ids = {"train": split.loc[split["fold"] != HOLDOUT, "image_id"].tolist(),
-           "holdout": split.loc[split["fold"] == HOLDOUT, "image_id"].tolist()}
+    prepared = read_prepared(root / PREPARED_DETECT)
+    split = pd.read_parquet(root / FOLDS)
+    ids = {"train": training_ids(split, None),
+           "holdout": fold_ids(split, HOLDOUT)}
     runtime = start_runtime(params.train)
     main_process = runtime.context.is_main
     tags = {"cxrdet.dataset": "detect", "cxrdet.data_hash": prepared.info["data_hash"], "cxrdet.fold": "final",
@@ -80,12 +88,12 @@ def main() -> None:
                 "world_size": runtime.context.world_size},
         tracking_uri=params.tracking.tracking_uri,
     ) if main_process else nullcontext()
-    checkpoints = root / "models/checkpoints" / STAGE
-    models, results = root / FINAL_DIR, root / RESULTS
+    checkpoints = root / CHECKPOINTS / STAGE
+    models, results = root / DETECTOR_FINAL_MODELS, root / DETECTOR_FINAL
     try:
         with run:
             data = detector_data(prepared, detector)
-            weights = backbone_source(detector, root / "models/pretrained", params.pretrain.allow_download)
+            weights = backbone_source(detector, root / PRETRAINED, params.pretrain.allow_download)
             tables: list[tuple[pd.DataFrame, pd.DataFrame]] = []
             scores: dict[str, dict[str, float]] = {}
             trained = train_families(
@@ -128,12 +136,12 @@ def main() -> None:
 def write_disabled(root: Path) -> None:
     """The outputs of a disabled stage: the marker, empty tables with the contract's columns."""
     disabled = {"enabled": False}
-    write_parquet(pd.DataFrame(columns=BOX_COLUMNS), root / RESULTS / "holdout_boxes.parquet")
-    write_parquet(pd.DataFrame(columns=KEY_COLUMNS), root / RESULTS / "holdout_images.parquet")
-    write_json(disabled, root / RESULTS / "metrics.json")
-    write_json(disabled, root / FINAL_DIR / FINAL_MARKER)
-    keep_only(root / FINAL_DIR, {FINAL_MARKER})
-    print(f"detector_final.enabled is false: evaluate, register and predict use the fold detectors -> {root / FINAL_DIR}")
+    write_parquet(pd.DataFrame(columns=BOX_COLUMNS), root / DETECTOR_FINAL / "holdout_boxes.parquet")
+    write_parquet(pd.DataFrame(columns=KEY_COLUMNS), root / DETECTOR_FINAL / "holdout_images.parquet")
+    write_json(disabled, root / DETECTOR_FINAL / "metrics.json")
+    write_json(disabled, root / DETECTOR_FINAL_MODELS / FINAL_MARKER)
+    keep_only(root / DETECTOR_FINAL_MODELS, {FINAL_MARKER})
+    print(f"detector_final.enabled is false: evaluate, register and predict use the fold detectors -> {root / DETECTOR_FINAL_MODELS}")
 
 
 def keep_only(directory: Path, names: set[str]) -> None:

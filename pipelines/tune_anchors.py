@@ -15,18 +15,17 @@ import pandas as pd
 
 from cxrdet.config import load_params
 from cxrdet.data.datasets import read_prepared
-from cxrdet.data.folds import HOLDOUT
+from cxrdet.data.folds import fold_ids, training_ids
 from cxrdet.errors import exit_code_of
 from cxrdet.io import write_json
 from cxrdet.models.anchors import resolve_anchors
 from cxrdet.models.retinanet import create_detector_backbone, pyramid_levels
-from cxrdet.paths import project_root
+from cxrdet.paths import ANCHORS, FOLDS, PREPARED_DETECT, PRETRAINED, project_root
 from cxrdet.runtime.session import start_runtime, stop_runtime
 from cxrdet.tracking.runs import log_numeric, stage_run
 from cxrdet.train.detector import detector_data
 from cxrdet.tuning.anchors import tune_anchors
 
-OUT = "results/tuning/anchors.json"
 JOURNAL = "results/tuning/anchors.journal"
 
 
@@ -34,10 +33,10 @@ def main() -> None:
     root = project_root()
     params = load_params(root / "params.yaml")
     tune, detector = params.tune_anchors, params.detector
-    prepared = read_prepared(root / "data/prepared/detect")
-    split = pd.read_parquet(root / "data/split/folds.parquet")
-    train_ids = split.loc[(split["fold"] != tune.fold) & (split["fold"] != HOLDOUT), "image_id"].tolist()
-    val_ids = split.loc[split["fold"] == tune.fold, "image_id"].tolist()
+    prepared = read_prepared(root / PREPARED_DETECT)
+    split = pd.read_parquet(root / FOLDS)
+    train_ids = training_ids(split, tune.fold)
+    val_ids = fold_ids(split, tune.fold)
     # A declared DVC out (persist: the study resumes from it), so it must exist after every run,
     # also when the study is off or lives in an RDB; an empty file is an empty Optuna journal.
     (root / JOURNAL).parent.mkdir(parents=True, exist_ok=True)
@@ -53,7 +52,7 @@ def main() -> None:
             if tune.enabled:
                 result = tune_anchors(
                     detector, tune, detector_data(prepared, detector), prepared, train_ids, val_ids, runtime,
-                    root / JOURNAL, root / "models/pretrained", params.pretrain.allow_download,
+                    root / JOURNAL, root / PRETRAINED, params.pretrain.allow_download,
                 )
                 anchors, summary = result.anchors, result.summary
                 # configured_<monitor> (params' anchors) beside best_<monitor> (the best tuned)
@@ -63,9 +62,9 @@ def main() -> None:
                 mlflow.set_tag("cxrdet.anchors", "configured" if summary["configured"] else "tuned")
             else:
                 _, strides = pyramid_levels(create_detector_backbone(detector.backbone).feature_info, detector.p2)
-                anchors, summary = resolve_anchors(detector.anchors, strides, None, OUT), {"source": "params"}
-            write_json({"anchors": anchors.to_dict(), **summary}, root / OUT)
-            mlflow.log_artifact(str(root / OUT))
+                anchors, summary = resolve_anchors(detector.anchors, strides, None, ANCHORS), {"source": "params"}
+            write_json({"anchors": anchors.to_dict(), **summary}, root / ANCHORS)
+            mlflow.log_artifact(str(root / ANCHORS))
     finally:
         stop_runtime()
     if tune.enabled:
@@ -73,7 +72,7 @@ def main() -> None:
         print(f"anchors: {metric} {summary[f'configured_{metric}']:.4f} configured, "
               f"{'-' if best is None else f'{best:.4f}'} best tuned; kept the "
               f"{'configured' if summary['configured'] else 'tuned'} (min_gain {tune.min_gain})")
-    print(f"anchors ({summary['source']}): sizes {anchors.sizes}, scales {anchors.scales}, ratios {anchors.ratios} -> {OUT}")
+    print(f"anchors ({summary['source']}): sizes {anchors.sizes}, scales {anchors.scales}, ratios {anchors.ratios} -> {ANCHORS}")
 
 
 if __name__ == "__main__":

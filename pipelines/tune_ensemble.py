@@ -23,7 +23,7 @@ from cxrdet.ensemble import EnsembleRecipe
 from cxrdet.errors import ConfigError, CxrdetError, exit_code_of
 from cxrdet.formats import metric_name, resolve_objective
 from cxrdet.io import write_json
-from cxrdet.paths import project_root
+from cxrdet.paths import ENSEMBLE, PREPARED_DETECT, project_root
 from cxrdet.tracking.runs import log_numeric, stage_run
 from cxrdet.tuning.ensemble import (
     TuningData,
@@ -33,7 +33,6 @@ from cxrdet.tuning.ensemble import (
     write_study_plots,
 )
 
-OUT = "results/tuning/ensemble.json"
 JOURNAL = "results/tuning/ensemble.journal"
 HTML = "results/tuning/ensemble_study.html"
 PNGS = {kind: f"results/tuning/ensemble_{kind}.png" for kind in ("history", "importances", "parallel")}
@@ -44,7 +43,7 @@ def main() -> None:
     params = load_params(root / "params.yaml")
     tune = params.tune_ensemble
     base = EnsembleRecipe.from_params(params.ensemble.model_dump(), key="ensemble")
-    prepared = read_prepared(root / "data/prepared/detect")
+    prepared = read_prepared(root / PREPARED_DETECT)
     predictions = read_fold_predictions(root, params.detector.folds, params.classifier.folds, "oof", prepared.images)
     image_ids = sorted(predictions.images["image_id"].unique())
     missing = sorted(set(image_ids) - set(predictions.classifier["image_id"]))
@@ -80,15 +79,15 @@ def main() -> None:
             recipe, summary = base, {"source": "params", "objective": objective, "metric": metric, metric: value,
                                      "untuned": {metric: value, "error": error}}
             study = optuna.create_study(study_name="tune_ensemble disabled")  # in memory: plots say why they are empty
-        write_json({"recipe": recipe.to_dict(), **summary}, root / OUT)
+        write_json({"recipe": recipe.to_dict(), **summary}, root / ENSEMBLE)
         write_study_plots(study, root / HTML, {kind: root / path for kind, path in PNGS.items()})
         log_numeric({f"best_{metric}": summary[metric], f"untuned_{metric}": summary["untuned"][metric],
                      "trials": summary.get("trials", {})})
-        for path in (OUT, HTML, *PNGS.values()):
+        for path in (ENSEMBLE, HTML, *PNGS.values()):
             mlflow.log_artifact(str(root / path))
     untuned = summary["untuned"][metric]
     print(f"ensemble recipe ({summary['source']}): out-of-fold {metric} {_text(summary[metric])} "
-          f"(untuned {_text(untuned)}) over {len(image_ids)} images, trials {summary.get('trials', {})} -> {OUT}")
+          f"(untuned {_text(untuned)}) over {len(image_ids)} images, trials {summary.get('trials', {})} -> {ENSEMBLE}")
 
 
 def _text(value: float | None) -> str:

@@ -177,9 +177,13 @@ def test_out_of_fold_auc_shows_real_learning(tmp_path):
     from cxrdet.config import load_params
     from cxrdet.data.datasets import read_prepared
     from cxrdet.models.backbone import save_backbone
-    from cxrdet.train.classifier import predict_views, pretrain_backbone, train_fold_classifier
-    from cxrdet.train.predictions import opacity_auc, opacity_truth
     from cxrdet.runtime.session import start_runtime
+    from cxrdet.train.classifier import (
+        predict_classifier_views,
+        pretrain_backbone,
+        train_fold_classifier,
+    )
+    from cxrdet.train.predictions import opacity_auc, opacity_truth
 
     spec = DemoSpec(
         seed=2018,
@@ -229,6 +233,6 @@ def test_out_of_fold_auc_shows_real_learning(tmp_path):
             tmp_path / f"ck/{fold}",
         )
         ids = split.loc[split["fold"] == fold, "image_id"].to_numpy()
-        tables.append(predict_views(trained, prepared, ids, params.classifier, runtime))
+        tables.append(predict_classifier_views(trained, prepared, ids, params.classifier, runtime))
     auc = opacity_auc(pd.concat(tables), opacity_truth(prepared.images, prepared.boxes))
     assert auc > 0.75, auc

@@ -8,7 +8,12 @@ import torch
 from torch import nn
 
 from cxrdet.errors import ConfigError
-from cxrdet.models.deformable import ModulatedDeformConv2d, backbone_stages, deformable_layers, make_deformable
+from cxrdet.models.deformable import (
+    ModulatedDeformConv2d,
+    backbone_stages,
+    deformable_layers,
+    make_deformable,
+)
 from cxrdet.models.retinanet import create_detector_backbone
 
 KEY = "detector.two_stage.deformable"

@@ -24,7 +24,8 @@ from cxrdet.ensemble import EnsembleRecipe, Gating, MemberPredictions
 from cxrdet.errors import CxrdetError
 from cxrdet.evaluation import Holdout, ablations
 from cxrdet.infer.detector_tta import BOX_COLUMNS, FINAL_FOLD
-from cxrdet.infer.predictor import FINAL_DIR, FINAL_MARKER, project_spec
+from cxrdet.infer.predictor import FINAL_MARKER, project_spec
+from cxrdet.paths import DETECTOR_FINAL_MODELS
 from cxrdet.train.detector import final_epochs, fold_best_epochs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +76,7 @@ def test_project_spec_lists_the_final_models_when_enabled_else_the_fold_models(t
     root = spec_project(tmp_path, enabled=True, families=["retinanet", "two_stage"])
     with pytest.raises(CxrdetError, match="run `dvc repro train_detector_final`"):
         project_spec(root)  # enabled, nothing trained yet
-    final = root / FINAL_DIR
+    final = root / DETECTOR_FINAL_MODELS
     final.mkdir(parents=True)
     (final / FINAL_MARKER).write_text(json.dumps({"enabled": False}))  # written by a disabled run
     for name in ("model.pt", "two_stage.pt"):
@@ -83,7 +84,7 @@ def test_project_spec_lists_the_final_models_when_enabled_else_the_fold_models(t
     with pytest.raises(CxrdetError, match="are not trained"):
         project_spec(root)
     (final / FINAL_MARKER).write_text(json.dumps({"enabled": True}))
-    assert project_spec(root).detectors == [f"{FINAL_DIR}/model.pt", f"{FINAL_DIR}/two_stage.pt"]
+    assert project_spec(root).detectors == [f"{DETECTOR_FINAL_MODELS}/model.pt", f"{DETECTOR_FINAL_MODELS}/two_stage.pt"]
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["detector_final"]["enabled"] = False
     (root / "params.yaml").write_text(yaml.safe_dump(params))
@@ -175,7 +176,7 @@ def test_disabled_then_enabled_final_detector_through_evaluate_register_and_pred
     from cxrdet.serving.check import box_difference, submission_boxes
 
     root, env = clone
-    final, results = root / FINAL_DIR, root / "results/detector/final"
+    final, results = root / DETECTOR_FINAL_MODELS, root / "results/detector/final"
     # Disabled (the demo's default): the stage runs and writes only the marker and empty tables.
     dvc(root, env, "repro", "--single-item", "train_detector_final")
     assert json.loads((final / FINAL_MARKER).read_text()) == {"enabled": False}
@@ -212,7 +213,7 @@ def test_disabled_then_enabled_final_detector_through_evaluate_register_and_pred
     # Evaluate's submission is the tuned recipe on the final model's holdout boxes (one model per
     # image: no fold fusion) gated by the fold classifiers, and not the fold ensemble's.
     spec = project_spec(root)
-    assert spec.detectors == [f"{FINAL_DIR}/model.pt"]
+    assert spec.detectors == [f"{DETECTOR_FINAL_MODELS}/model.pt"]
     predictor = EnsemblePredictor(spec, root)
     prepared = read_prepared(root / "data/prepared/detect")
     classifier = pd.concat([pd.read_parquet(root / f"results/classifier/folds/fold{k}/holdout.parquet") for k in (0, 1)])

@@ -29,7 +29,7 @@ from cxrdet.models.classifier import build_classifier, save_classifier
 from cxrdet.models.retinanet import decode_config, save_detector
 from cxrdet.runtime.session import start_runtime
 from cxrdet.submission import read_rsna_submission
-from cxrdet.train.classifier import FoldClassifier, classification_targets, predict_views
+from cxrdet.train.classifier import FoldClassifier, classification_targets, predict_classifier_views
 from cxrdet.train.detector import detector_data, predict_detector, seeded_family
 
 pytestmark = pytest.mark.slow
@@ -76,7 +76,7 @@ def write_fold_outputs(root: Path) -> None:
             model = build_classifier(variant.backbone, len(targets.class_names))
             save_classifier(root / f"models/classifier/fold{fold}/{variant.name}.pt", model, config)
             for part in tables:
-                tables[part].append(predict_views(FoldClassifier(model, config, None), prepared, ids[part], params.classifier, runtime))
+                tables[part].append(predict_classifier_views(FoldClassifier(model, config, None), prepared, ids[part], params.classifier, runtime))
         for part, frames in tables.items():
             write_parquet(pd.concat(frames, ignore_index=True), root / f"results/classifier/folds/fold{fold}/{part}.parquet")
         detector = seeded_family(params.detector, data, "retinanet")

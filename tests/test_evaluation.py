@@ -13,7 +13,13 @@ import pytest
 
 from cxrdet.cli import main
 from cxrdet.ensemble import EnsembleRecipe, Gating
-from cxrdet.evaluation import Holdout, ablations, precision_recall, threshold_curve, write_truth_file
+from cxrdet.evaluation import (
+    Holdout,
+    ablations,
+    precision_recall,
+    threshold_curve,
+    write_truth_file,
+)
 from cxrdet.submission import write_rsna_submission, write_vinbigdata_submission
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "tuning.py"

@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from worktree import copy_worktree
 import torch
 import yaml
+from worktree import copy_worktree
 
 from cxrdet.data.sources.synthetic import DemoSpec, synthesize
 

@@ -16,7 +16,7 @@ from cxrdet.models.retinanet import (
     RetinaNetLoss,
     create_detector_backbone,
     decode,
-    image_probabilities,
+    global_head_probabilities,
     load_detector,
     pyramid_levels,
     save_detector,
@@ -66,7 +66,7 @@ def test_global_head_output_shape():
     model = tiny_model().eval()
     outputs = model(images(2))
     assert outputs["image_logits"].shape == (2, 3)
-    probs = image_probabilities(outputs)
+    probs = global_head_probabilities(outputs)
     assert torch.allclose(probs.sum(dim=1), torch.ones(2))
     assert "image_logits" not in tiny_model(image_classes=0).eval()(images(1))
 

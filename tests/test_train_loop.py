@@ -15,11 +15,11 @@ from cxrdet.data.augment import classifier_augmentation
 from cxrdet.data.datasets import CachedImages, ClassificationDataset, normalize, read_prepared
 from cxrdet.errors import CxrdetError
 from cxrdet.models.classifier import build_classifier
+from cxrdet.runtime.seed import configure_determinism, seed_everything
 from cxrdet.train.checkpoint import BEST, LAST
 from cxrdet.train.classifier import classification_targets
 from cxrdet.train.loop import fit
 from cxrdet.train.optim import lr_factor
-from cxrdet.runtime.seed import configure_determinism, seed_everything
 from cxrdet.train.tasks import SingleLabelTask, balanced_class_weights
 
 pytest_plugins = ["prepared_demo"]

@@ -17,8 +17,8 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
-from worktree import copy_worktree
 import yaml
+from worktree import copy_worktree
 
 from cxrdet.config import (
     AnchorParams,

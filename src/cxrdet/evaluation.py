@@ -20,7 +20,7 @@ import pandas as pd
 
 from cxrdet.data.cache import read_cached
 from cxrdet.data.datasets import Prepared, truth_boxes
-from cxrdet.data.folds import HOLDOUT
+from cxrdet.data.folds import HOLDOUT, fold_ids
 from cxrdet.ensemble import FUSERS, EnsembleRecipe, Fusion, Gating, MemberPredictions, apply_recipe
 from cxrdet.errors import CxrdetError
 from cxrdet.formats import competition_score, metric_name, output_format, reported_objectives
@@ -288,13 +288,13 @@ def folds_report(
     no-finding rule). The threshold is chosen on the out-of-fold original view only."""
     folds = sorted(oof)
     oof_ids = split.loc[split["fold"].isin(folds), "image_id"].tolist()
-    holdout_ids = split.loc[split["fold"] == HOLDOUT, "image_id"].tolist()
+    holdout_ids = fold_ids(split, HOLDOUT)
     oof_truth, holdout_truth = truth_boxes(prepared, oof_ids), truth_boxes(prepared, holdout_ids)
     every = pd.concat(oof.values(), ignore_index=True)
     score, threshold = view_rsna(oof_truth, every, ORIGINAL)
     per_fold = {
         f"fold{k}": {
-            "oof_rsna_score": view_rsna(truth_boxes(prepared, split.loc[split["fold"] == k, "image_id"]), oof[k], ORIGINAL, threshold=threshold)[0],
+            "oof_rsna_score": view_rsna(truth_boxes(prepared, fold_ids(split, k)), oof[k], ORIGINAL, threshold=threshold)[0],
             "holdout_rsna_score": view_rsna(holdout_truth, holdout[k], ORIGINAL, threshold=threshold)[0],
         }
         for k in folds

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
     from cxrdet.errors import CxrdetError
     from cxrdet.formats import output_format
-    from cxrdet.infer.predictor import image_files
+    from cxrdet.infer.predictor import find_images
     from cxrdet.paths import project_root
     from cxrdet.serving.load import load_predictor
     from cxrdet.tracking.store import OFFLINE_ENV
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         os.environ.setdefault(key, value)
     if args.chunk < 1:
         raise CxrdetError(f"--chunk must be a positive integer, got {args.chunk}")
-    found = list(image_files(args.input))
+    found = list(find_images(args.input))
     if not found:
         raise CxrdetError(f"{args.input}: no .dcm, .dicom, .png, .jpg or .jpeg images found")
     image_ids, paths = [i for i, _ in found], [p for _, p in found]

@@ -1,7 +1,7 @@
 """Typed, validated params: params.yaml (optionally with a profile merged over it).
 
 Every knob of every stage lives in params.yaml, grouped by stage; each group's section
-is defined in this package's modules (data, training, detector). Loading validates the
+is defined in this package's modules (data, training, detector, ensemble, tuning, register). Loading validates the
 whole file: an unknown key, a wrong type or an out-of-range value raises ConfigError
 naming the key (dotted path) and what is allowed.
 """
@@ -28,15 +28,11 @@ from cxrdet.config.detector import (
     AnchorParams,
     AnchorSearchParams,
     BoxAugmentParams,
-    CountRange,
     DecodeParams,
     DetectorFinalParams,
     DetectorLossParams,
     DetectorParams,
     DetectorTtaParams,
-    PrunerParams,
-    SearchRange,
-    StudyParams,
     TuneAnchorsParams,
 )
 from cxrdet.config.ensemble import (
@@ -59,6 +55,7 @@ from cxrdet.config.training import (
     TrainParams,
     TtaParams,
 )
+from cxrdet.config.tuning import CountRange, PrunerParams, SearchRange, StudyParams
 from cxrdet.errors import ConfigError
 
 __all__ = [

@@ -6,8 +6,9 @@ from typing import Literal
 
 from pydantic import Field, PositiveFloat, model_validator
 
-from cxrdet.config.section import Range, Section
+from cxrdet.config.section import Section
 from cxrdet.config.training import OptimParams
+from cxrdet.config.tuning import CountRange, PrunerParams, SearchRange, StudyParams
 
 
 class AnchorParams(Section):
@@ -180,16 +181,6 @@ class DetectorFinalParams(Section):
     epochs: int | None = Field(None, ge=1)
 
 
-class SearchRange(Range):
-    low: float = Field(gt=0.0)
-    high: float = Field(gt=0.0)
-
-
-class CountRange(Range):
-    low: int = Field(ge=1)
-    high: int = Field(ge=1)
-
-
 class AnchorSearchParams(Section):
     """Optuna's search space: scales = scale_span^(k / count), k < count (span 2: one octave);
     ratios = ratio_span^t for count values of t evenly in [-1, 1]."""
@@ -199,23 +190,6 @@ class AnchorSearchParams(Section):
     scale_span: SearchRange = SearchRange(low=1.0, high=2.0)
     ratio_count: CountRange = CountRange(low=1, high=3)
     ratio_span: SearchRange = SearchRange(low=1.0, high=3.0)
-
-
-class PrunerParams(Section):
-    name: Literal["median", "hyperband", "none"] = "median"
-    startup_trials: int = Field(2, ge=0)  # median: trials completed before any pruning
-    warmup_epochs: int = Field(1, ge=0)  # median: epochs a trial runs before it can be pruned
-    reduction_factor: int = Field(3, ge=2)  # hyperband
-
-
-class StudyParams(Section):
-    """Where an Optuna study lives: a journal file (one machine, parallel workers) or an RDB URL."""
-
-    # null: a journal file results/tuning/<study>.journal; postgresql://... for many machines.
-    # Never sqlite for parallel workers (PITFALLS).
-    storage: str | None = None
-    seed: int = 0  # TPE sampler seed
-    startup_trials: int = Field(3, ge=0)  # TPE: random trials before it models the results
 
 
 class TuneAnchorsParams(Section):

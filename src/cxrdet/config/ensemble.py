@@ -14,8 +14,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from cxrdet.config.detector import CountRange, StudyParams
 from cxrdet.config.section import Range, Section
+from cxrdet.config.tuning import CountRange, StudyParams
 
 FusionMethod = Literal["vote", "wbf", "nms", "soft_nms", "soft_nms_linear"]
 GatingRule = Literal["none", "product", "sqrt", "no_finding"]

@@ -15,6 +15,16 @@ from sklearn.model_selection import StratifiedGroupKFold
 HOLDOUT = -1  # the `fold` value of holdout images
 
 
+def fold_ids(split: pd.DataFrame, fold: int) -> list[str]:
+    """The image ids of `fold` of a split table (HOLDOUT: the holdout's), in split order."""
+    return split.loc[split["fold"] == fold, "image_id"].tolist()
+
+
+def training_ids(split: pd.DataFrame, fold: int | None) -> list[str]:
+    """The image ids of every fold but `fold` and the holdout (None: of every fold), in split order."""
+    return split.loc[(split["fold"] != fold) & (split["fold"] != HOLDOUT), "image_id"].tolist()
+
+
 def strata(images: pd.DataFrame, boxes: pd.DataFrame, max_box_count: int, n_splits: int) -> pd.Series:
     counts = boxes.groupby("image_id").size().reindex(images["image_id"], fill_value=0)
     box_bin = np.minimum(counts.to_numpy(), max_box_count)

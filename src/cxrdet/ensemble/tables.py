@@ -2,7 +2,7 @@
 
 Box tables follow the per-view prediction contract (cxrdet.infer.detector_tta): key
 columns (image_id and any of fold, model, view), x, y, w, h (top-left corner and size,
-original image pixels), score in [0, 1] and class_id.
+original image pixels), score in [0, 1] and class_id. Their geometry is cxrdet.metrics.iou's.
 """
 
 from __future__ import annotations

@@ -45,13 +45,13 @@ from torch.utils.data import Dataset
 from cxrdet.config import TrainParams
 from cxrdet.data.datasets import CachedImages, normalize
 from cxrdet.data.detection import boxes_to_original
+from cxrdet.ensemble.tables import KEY_COLUMNS
 from cxrdet.models.retinanet import DecodeConfig
 from cxrdet.runtime.distributed import DistContext
 from cxrdet.runtime.inference import predict_dataset
 
 ORIGINAL = "original"
 FINAL_FOLD = -1  # the final model's `fold`: the split's HOLDOUT, the only images it did not see
-KEY_COLUMNS = ["image_id", "fold", "model", "view"]
 BOX_COLUMNS = [*KEY_COLUMNS, "x", "y", "w", "h", "score", "class_id"]
 
 

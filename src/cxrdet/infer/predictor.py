@@ -40,11 +40,10 @@ from cxrdet.infer.tta import predict_tta, tta_views, view_table
 from cxrdet.io import write_json
 from cxrdet.models.classifier import load_classifier
 from cxrdet.models.retinanet import DecodeConfig
+from cxrdet.paths import DETECTOR_FINAL_MODELS, ENSEMBLE, PREPARED_DETECT
 from cxrdet.runtime.device import select_device
 
 SPEC_FILE = "predictor.json"
-ENSEMBLE_FILE = "results/tuning/ensemble.json"
-FINAL_DIR = "models/detector/final"  # stage train_detector_final: a model file per family and its marker
 FINAL_MARKER = "final.json"  # {"enabled": ...}: written whether or not detector_final is enabled
 
 
@@ -73,11 +72,11 @@ class PredictorSpec:
 def project_spec(root: Path) -> PredictorSpec:
     """The spec of a project after `dvc repro` (paths relative to `root`)."""
     params = load_params(root / "params.yaml")
-    prepared = root / "data/prepared/detect"
+    prepared = root / PREPARED_DETECT
     # The cache's own settings (not params' prepare): what the models were trained on.
     files = {"settings": (prepared / "cache" / SETTINGS_FILE, "prepare@detect"),
              "dataset": (prepared / "dataset.json", "prepare@detect"),
-             "tuned": (root / ENSEMBLE_FILE, "tune_ensemble")}
+             "tuned": (root / ENSEMBLE, "tune_ensemble")}
     for path, stage in files.values():
         if not path.is_file():
             raise CxrdetError(f"{path}: not found; run `dvc repro {stage}` first")
@@ -101,8 +100,8 @@ def project_spec(root: Path) -> PredictorSpec:
 def final_detectors(root: Path, params: Params) -> list[str]:
     """The final model of every family of detector.families (detector_final.enabled: they replace
     the fold models); CxrdetError naming the stage when train_detector_final has not written them."""
-    marker = root / FINAL_DIR / FINAL_MARKER
-    files = [f"{FINAL_DIR}/{get_family(family).model_file}" for family in params.detector.families]
+    marker = root / DETECTOR_FINAL_MODELS / FINAL_MARKER
+    files = [f"{DETECTOR_FINAL_MODELS}/{get_family(family).model_file}" for family in params.detector.families]
     written = json.loads(marker.read_text()) if marker.is_file() else {}
     missing = [name for name in files if not (root / name).is_file()]
     if not written.get("enabled") or missing:
@@ -248,7 +247,7 @@ class EnsemblePredictor:
         return Ensembled(pd.concat(boxes, ignore_index=True), pd.concat(probabilities))
 
 
-def image_files(directory: Path) -> Iterator[tuple[str, Path]]:
+def find_images(directory: Path) -> Iterator[tuple[str, Path]]:
     """(image id = file stem, path) of every DICOM/PNG/JPEG under `directory`, sorted by path;
     CxrdetError when two files share a stem."""
     directory = Path(directory)

@@ -252,7 +252,7 @@ class RetinaNet(nn.Module):
         `image_size` is their content (boxes are clipped to it; the rest is padding). Every
         family's model answers `detect` alike: prediction never asks which family it runs."""
         outputs = self(images)
-        return decode(outputs, self.box_coder, image_size, config), image_probabilities(outputs)
+        return decode(outputs, self.box_coder, image_size, config), global_head_probabilities(outputs)
 
 
 class RetinaNetLoss:
@@ -340,7 +340,7 @@ def decode(
     return detections
 
 
-def image_probabilities(outputs: dict[str, Tensor]) -> Tensor | None:
+def global_head_probabilities(outputs: dict[str, Tensor]) -> Tensor | None:
     """Softmax of the global head, (N, image_classes); None without a global head."""
     logits = outputs.get("image_logits")
     return None if logits is None else logits.float().softmax(dim=1)

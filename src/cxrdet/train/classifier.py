@@ -3,7 +3,7 @@
 `pretrain_backbone`: a backbone learns NIH-style multi-label targets (14 findings +
 abnormal, sigmoid outputs), validated on held-out patients. `train_fold_classifier`:
 a fold classifier (2-class opacity or the image labels) starts from that backbone.
-`predict_views` runs its TTA views and returns one row per (image, view).
+`predict_classifier_views` runs its TTA views and returns one row per (image, view).
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from sklearn.model_selection import GroupShuffleSplit
 from cxrdet.config import ClassifierParams, ClassifierVariant, PretrainParams
 from cxrdet.data.augment import classifier_augmentation
 from cxrdet.data.datasets import CachedImages, ClassificationDataset, Prepared
-from cxrdet.data.folds import HOLDOUT
+from cxrdet.data.folds import fold_ids, training_ids
 from cxrdet.errors import ConfigError, CxrdetError
 from cxrdet.infer.tta import predict_tta, tta_views, view_table
 from cxrdet.models.classifier import Classifier, build_classifier
-from cxrdet.train.loop import FitResult, fit
-from cxrdet.runtime.session import Runtime
 from cxrdet.runtime.seed import seed_everything
+from cxrdet.runtime.session import Runtime
+from cxrdet.train.loop import FitResult, fit
 from cxrdet.train.tasks import MultiLabelTask, SingleLabelTask, balanced_class_weights
 
 OPACITY_CLASSES = ["no_opacity", "opacity"]
@@ -171,10 +171,8 @@ def train_fold_classifier(
             "the `pretrain` stage writes them (see pretrain.source)"
         )
     targets = classification_targets(prepared, variant.target, f"{variant_key}.target")
-    train_ids = split.loc[
-        (split["fold"] != fold) & (split["fold"] != HOLDOUT), "image_id"
-    ].to_numpy()
-    val_ids = split.loc[split["fold"] == fold, "image_id"].to_numpy()
+    train_ids = np.asarray(training_ids(split, fold), dtype=object)
+    val_ids = np.asarray(fold_ids(split, fold), dtype=object)
     train_labels = targets.labels.loc[train_ids].to_numpy()
     num_classes = len(targets.class_names)
     weights = balanced_class_weights(train_labels, num_classes) if params.class_weighted else None
@@ -237,7 +235,7 @@ def train_fold_classifier(
     return FoldClassifier(model, config, result)
 
 
-def predict_views(
+def predict_classifier_views(
     trained: FoldClassifier,
     prepared: Prepared,
     image_ids: np.ndarray,

@@ -158,7 +158,7 @@ def trial_budget(
 
 
 @dataclass(frozen=True)
-class TuneResult:
+class AnchorTuneResult:
     anchors: AnchorConfig
     summary: dict[str, Any]  # what the stage writes next to the anchors
 
@@ -174,7 +174,7 @@ def tune_anchors(
     journal: Path,
     pretrained_dir: Path,
     allow_download: bool,
-) -> TuneResult:
+) -> AnchorTuneResult:
     """Run the study (resuming it when it exists) and return its best anchors."""
     weights = backbone_source(detector, pretrained_dir, allow_download)
     _, strides = pyramid_levels(create_detector_backbone(detector.backbone).feature_info, detector.p2)
@@ -263,7 +263,7 @@ def tune_anchors(
         "bpr": chosen.user_attrs["bpr"], "params": chosen.params, "trials": counts,
         "train_images": len(ids), "val_images": len(val), "budget": asdict(budget),
     }
-    return TuneResult(anchors, summary)
+    return AnchorTuneResult(anchors, summary)
 
 
 def choose(trials: Sequence[Trial], min_gain: float) -> tuple[Trial, Trial | None, Trial] | None:

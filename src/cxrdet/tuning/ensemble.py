@@ -57,6 +57,7 @@ from cxrdet.ensemble.gating import NOT_NORMAL_COLUMN
 from cxrdet.errors import CxrdetError
 from cxrdet.formats import competition_score, metric_name, resolve_objective
 from cxrdet.io import atomic_path
+from cxrdet.paths import CLASSIFIER_FOLDS, DETECTOR_FOLDS
 from cxrdet.tuning.study import open_study, run_trials, study_name, trial_reason
 
 COMPLETE, PRUNED, FAIL = TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL
@@ -106,9 +107,9 @@ def read_fold_predictions(
         return pd.concat(tables, ignore_index=True)
 
     return MemberPredictions(
-        boxes=every_fold("results/detector/folds", f"{part}_boxes.parquet", detector_folds, "train_detector"),
-        images=every_fold("results/detector/folds", f"{part}_images.parquet", detector_folds, "train_detector"),
-        classifier=every_fold("results/classifier/folds", f"{part}.parquet", classifier_folds, "train_classifier"),
+        boxes=every_fold(DETECTOR_FOLDS, f"{part}_boxes.parquet", detector_folds, "train_detector"),
+        images=every_fold(DETECTOR_FOLDS, f"{part}_images.parquet", detector_folds, "train_detector"),
+        classifier=every_fold(CLASSIFIER_FOLDS, f"{part}.parquet", classifier_folds, "train_classifier"),
         sizes=sizes[["image_id", "width", "height"]],
     )
 
@@ -246,13 +247,13 @@ def fingerprint(data: TuningData) -> str:
 
 
 @dataclass(frozen=True)
-class TuneResult:
+class EnsembleTuneResult:
     recipe: EnsembleRecipe
     summary: dict[str, Any]  # what the stage writes next to the recipe
     study: optuna.Study
 
 
-def tune_ensemble(data: TuningData, base: EnsembleRecipe, tune: TuneEnsembleParams, journal: Path) -> TuneResult:
+def tune_ensemble(data: TuningData, base: EnsembleRecipe, tune: TuneEnsembleParams, journal: Path) -> EnsembleTuneResult:
     """Run the study (resuming it when it exists) and return the best recipe, scored by
     `tune.objective` (its resolved name is the summary's "objective")."""
     objective = resolve_objective(data.fmt, tune.objective)
@@ -319,7 +320,7 @@ def tune_ensemble(data: TuningData, base: EnsembleRecipe, tune: TuneEnsemblePara
         "n_images": len(data.image_ids),
         "fold_fusion": "not tuned: out of fold each image has one fold model (ensemble.fold_fusion is used)",
     }
-    return TuneResult(recipe, summary, study)
+    return EnsembleTuneResult(recipe, summary, study)
 
 
 # ---------------------------------------------------------------- plots
