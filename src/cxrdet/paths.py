@@ -37,7 +37,6 @@ FOLDS = "data/split/folds.parquet"
 SPLIT_REPORT = "results/split/split.json"
 PRETRAINED = "models/pretrained"  # a backbone per name: <backbone>.pt
 PRETRAIN_METRICS = "results/pretrain/metrics.json"
-CHECKPOINTS = "models/checkpoints"  # resumable training state, per stage
 CLASSIFIER_MODELS = "models/classifier"
 CLASSIFIER_RESULTS = "results/classifier"
 CLASSIFIER_FOLDS = "results/classifier/folds"
@@ -50,3 +49,5 @@ DETECTOR_FINAL_MODELS = "models/detector/final"
 ENSEMBLE = "results/tuning/ensemble.json"
 EVALUATE = "results/evaluate"
 REGISTER = "results/register/register.json"
+# Not a DVC path: a training stage's resumable state (CHECKPOINTS/<stage>), removed when it ends.
+CHECKPOINTS = "models/checkpoints"
