@@ -57,9 +57,6 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import MultiScaleRoIAlign
 from tqdm import tqdm
 
-from common import Report, Row, arguments, emit
-from detector import RATIOS, SCALES, TimmFpn
-
 from cxrdet.config import DetectorParams, TrainParams, deep_merge
 from cxrdet.data.datasets import CachedImages, Prepared, read_prepared
 from cxrdet.data.detection import DetectionDataset, collate_detection
@@ -74,6 +71,9 @@ from cxrdet.models.two_stage import FpnBody
 from cxrdet.runtime.session import Runtime, start_runtime
 from cxrdet.train.detector import detector_data, predict_detector, seeded_family, train_detector
 from cxrdet.train.loop import fit
+
+from common import Report, Row, arguments, emit
+from detector import RATIOS, SCALES, TimmFpn
 
 PROJECT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("CXRDET_NIH_BBOX", PROJECT.parent / "shared/data/nih-bbox"))

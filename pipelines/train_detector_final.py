@@ -13,4 +13,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(exit_code_of(main, 'train_detector_final'))
+    raise SystemExit(exit_code_of(main, "train_detector_final"))

@@ -1,6 +1,6 @@
 """dvc.yaml's code deps are each stage's import closure, exactly: a change to a source file
-reruns every stage that can run it and no other. The lists are generated from the imports
-(see the README's development section) and checked here; stage inputs and outputs are
+reruns every stage that can run it and no other. `python tests/test_dvc_deps.py` writes the
+lists into dvc.yaml from the imports; the tests check them. Stage inputs and outputs are
 named once in cxrdet.paths, with the paths dvc.yaml uses."""
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ import shlex
 
 import pytest
 import yaml
-from import_graph import ROOT, source_closure
 
 import cxrdet.paths
+
+from import_graph import ROOT, source_closure
 
 NOT_DVC_PATHS = {"CHECKPOINTS"}  # cxrdet.paths names that are no stage's input or output
 # Files a stage reads as files rather than imports: register logs the pyfunc model from code.
@@ -54,3 +55,27 @@ def test_every_stage_path_is_one_dvc_yaml_names() -> None:
     assert named and all(value in text for value in named.values()), [
         key for key, value in named.items() if value not in text
     ]
+
+
+def write_deps() -> None:
+    """Replace every stage's src/ deps in dvc.yaml by its import closure (comments kept)."""
+    from ruamel.yaml import YAML
+
+    document = YAML()
+    document.width = 200
+    document.indent(mapping=2, sequence=4, offset=2)
+    path = ROOT / "dvc.yaml"
+    content = document.load(path)
+    for name, stage in content["stages"].items():
+        body = stage.get("do", stage)
+        deps = body["deps"]  # edited in place: the other deps keep their comments
+        for index in reversed(range(len(deps))):
+            if str(deps[index]).startswith("src/"):
+                del deps[index]
+        for source in sorted(expected_sources(name, body), reverse=True):
+            deps.insert(1, source)  # after the script
+    document.dump(content, path)
+
+
+if __name__ == "__main__":
+    write_deps()

@@ -33,7 +33,11 @@ run_trials(study, objective, int(sys.argv[3]))
 def test_two_workers_share_one_journal_study_without_duplicate_trials(tmp_path):
     journal = tmp_path / "study.journal"
     workers = [
-        subprocess.Popen([sys.executable, "-c", WORKER, str(journal), str(seed), str(TRIALS)], stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(journal), str(seed), str(TRIALS)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for seed in (0, 1)
     ]
     for worker in workers:
@@ -45,6 +49,8 @@ def test_two_workers_share_one_journal_study_without_duplicate_trials(tmp_path):
     # Each worker stops once the study has TRIALS finished trials; the other may be mid-trial.
     assert TRIALS <= len(trials) <= TRIALS + 1
     assert study.best_value == max(trial.value for trial in trials)
-    assert study.best_params["x"] == next(t.params["x"] for t in trials if t.value == study.best_value)
+    assert study.best_params["x"] == next(
+        t.params["x"] for t in trials if t.value == study.best_value
+    )
     assert all(trial.state == optuna.trial.TrialState.COMPLETE for trial in trials)
     assert {trial.user_attrs["worker"] for trial in trials} == {"0", "1"}

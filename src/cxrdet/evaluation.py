@@ -44,27 +44,41 @@ class Holdout:
     image_ids: list[str]
     fmt: str
     class_names: Mapping[str, Sequence[str]]  # classifier model -> classes of its probs
-    objective: str = "auto"  # the metric tuned (tune_ensemble.objective): ablation and curves use it
+    objective: str = (
+        "auto"  # the metric tuned (tune_ensemble.objective): ablation and curves use it
+    )
 
     def score(self, boxes: pd.DataFrame, objective: str | None = None) -> float:
         """The metric of `objective` (default: the holdout's) of `boxes`."""
-        return competition_score(self.fmt, self.truth, boxes, self.image_ids, objective or self.objective)
+        return competition_score(
+            self.fmt, self.truth, boxes, self.image_ids, objective or self.objective
+        )
 
     def metrics(self, boxes: pd.DataFrame) -> dict[str, float | None]:
         """Every metric evaluate reports (on folder data mAP@0.4 and the RSNA score), by name,
         the objective's first; None where undefined."""
-        return {metric_name(self.fmt, name): finite_or_none(self.score(boxes, name))
-                for name in reported_objectives(self.fmt, self.objective)}
+        return {
+            metric_name(self.fmt, name): finite_or_none(self.score(boxes, name))
+            for name in reported_objectives(self.fmt, self.objective)
+        }
 
-    def final(self, recipe: EnsembleRecipe, members: MemberPredictions | None = None) -> pd.DataFrame:
-        return apply_recipe(self.members if members is None else members, recipe, self.class_names).boxes
+    def final(
+        self, recipe: EnsembleRecipe, members: MemberPredictions | None = None
+    ) -> pd.DataFrame:
+        return apply_recipe(
+            self.members if members is None else members, recipe, self.class_names
+        ).boxes
 
     def opacity_truth(self) -> pd.Series:
         """1 where an image has a box (a finding), by image id."""
-        return pd.Series(np.isin(self.image_ids, self.truth["image_id"]).astype(int), index=self.image_ids)
+        return pd.Series(
+            np.isin(self.image_ids, self.truth["image_id"]).astype(int), index=self.image_ids
+        )
 
 
-def ablations(holdout: Holdout, recipe: EnsembleRecipe, untuned: EnsembleRecipe | None = None) -> dict[str, dict[str, Any]]:
+def ablations(
+    holdout: Holdout, recipe: EnsembleRecipe, untuned: EnsembleRecipe | None = None
+) -> dict[str, dict[str, Any]]:
     """The metric of the tuned recipe with all fold models ("ensemble"), of each fold model
     alone, without TTA (original view, one classifier view), without gating, without shrink,
     with each fusion method (its default parameters, for views and folds), and untuned.
@@ -74,18 +88,32 @@ def ablations(holdout: Holdout, recipe: EnsembleRecipe, untuned: EnsembleRecipe 
     folds = sorted(holdout.members.images["fold"].unique().tolist())
     models = sorted(holdout.members.images["model"].unique().tolist())
     # name -> (recipe, fold models kept or None: all, detector models kept or None: all)
-    variants: dict[str, tuple[EnsembleRecipe, list[int] | None, list[str] | None]] = {"ensemble": (recipe, None, None)}
+    variants: dict[str, tuple[EnsembleRecipe, list[int] | None, list[str] | None]] = {
+        "ensemble": (recipe, None, None)
+    }
     # Final detectors (FINAL_FOLD: stage train_detector_final) have no fold: "ensemble" is them alone.
     variants |= {f"fold{k}": (recipe, [k], None) for k in folds if k != FINAL_FOLD}
-    variants["no_tta"] = (recipe.with_changes(detector_views=("original",), classifier_views=1), None, None)
+    variants["no_tta"] = (
+        recipe.with_changes(detector_views=("original",), classifier_views=1),
+        None,
+        None,
+    )
     variants["no_gating"] = (recipe.with_changes(gating=Gating("none", {})), None, None)
     variants["no_shrink"] = (recipe.with_changes(shrink=1.0), None, None)
     for method in FUSERS:
-        variants[f"fusion_{method}"] = (recipe.with_changes(view_fusion=Fusion(method, {}), fold_fusion=Fusion(method, {})), None, None)
+        variants[f"fusion_{method}"] = (
+            recipe.with_changes(view_fusion=Fusion(method, {}), fold_fusion=Fusion(method, {})),
+            None,
+            None,
+        )
     if len(models) > 1:
         variants |= {f"model_{name}": (recipe, None, [name]) for name in models}
         for method in FUSERS:
-            variants[f"models_fused_{method}"] = (recipe.with_changes(fold_fusion=Fusion(method, {})), None, None)
+            variants[f"models_fused_{method}"] = (
+                recipe.with_changes(fold_fusion=Fusion(method, {})),
+                None,
+                None,
+            )
     if untuned is not None:
         variants["untuned"] = (untuned, None, None)
     table = {}
@@ -114,13 +142,19 @@ def threshold_curve(holdout: Holdout, recipe: EnsembleRecipe) -> pd.DataFrame:
     """threshold, score: the metric of the recipe's boxes cut at each threshold instead of
     its score_threshold (cutting after the top-k equals cutting before it)."""
     uncut = holdout.final(recipe.with_changes(score_threshold=0.0))
-    return pd.DataFrame({
-        "threshold": THRESHOLDS,
-        "score": [finite_or_none(holdout.score(uncut[uncut["score"] >= t])) for t in THRESHOLDS],
-    })
+    return pd.DataFrame(
+        {
+            "threshold": THRESHOLDS,
+            "score": [
+                finite_or_none(holdout.score(uncut[uncut["score"] >= t])) for t in THRESHOLDS
+            ],
+        }
+    )
 
 
-def precision_recall(truth: pd.DataFrame, predictions: pd.DataFrame, iou: float = PR_IOU) -> pd.DataFrame:
+def precision_recall(
+    truth: pd.DataFrame, predictions: pd.DataFrame, iou: float = PR_IOU
+) -> pd.DataFrame:
     """Box-level curve: predictions by descending score, each a true positive when its
     best-overlapping truth box of its image and class is unmatched and IoU > `iou` (VOC);
     columns score, precision, recall. The no-finding box (VinBigData) is left out."""
@@ -133,7 +167,9 @@ def precision_recall(truth: pd.DataFrame, predictions: pd.DataFrame, iou: float 
         own = truth_groups.get(key)
         if own is None:
             continue
-        overlap = iou_xywh(group[["x", "y", "w", "h"]].to_numpy(float), own[["x", "y", "w", "h"]].to_numpy(float))
+        overlap = iou_xywh(
+            group[["x", "y", "w", "h"]].to_numpy(float), own[["x", "y", "w", "h"]].to_numpy(float)
+        )
         taken = np.zeros(len(own), dtype=bool)
         for row, index in enumerate(group.index):  # by descending score
             best = int(np.argmax(overlap[row]))
@@ -141,11 +177,13 @@ def precision_recall(truth: pd.DataFrame, predictions: pd.DataFrame, iou: float 
                 taken[best] = hits[index] = True
     found = np.cumsum(hits[ranked.index.to_numpy()])
     count = np.arange(1, len(ranked) + 1)
-    return pd.DataFrame({
-        "score": ranked["score"].to_numpy(),
-        "precision": found / count,
-        "recall": found / max(len(truth), 1),
-    })
+    return pd.DataFrame(
+        {
+            "score": ranked["score"].to_numpy(),
+            "precision": found / count,
+            "recall": found / max(len(truth), 1),
+        }
+    )
 
 
 def image_scores(boxes: pd.DataFrame, image_ids: Sequence[str]) -> pd.Series:
@@ -154,7 +192,9 @@ def image_scores(boxes: pd.DataFrame, image_ids: Sequence[str]) -> pd.Series:
     return findings.groupby("image_id")["score"].max().reindex(list(image_ids), fill_value=0.0)
 
 
-def roc_inputs(holdout: Holdout, final: pd.DataFrame, probabilities: pd.DataFrame) -> dict[str, pd.Series]:
+def roc_inputs(
+    holdout: Holdout, final: pd.DataFrame, probabilities: pd.DataFrame
+) -> dict[str, pd.Series]:
     """Image-level scores to draw ROC curves of: the classifiers' P(opacity) and the ensemble."""
     return {
         "classifiers P(opacity)": probabilities["opacity"].reindex(holdout.image_ids),
@@ -163,13 +203,17 @@ def roc_inputs(holdout: Holdout, final: pd.DataFrame, probabilities: pd.DataFram
 
 
 def auc(truth: pd.Series, scores: pd.Series) -> float | None:
-    return finite_or_none(binary_metrics(truth.loc[scores.index].to_numpy(), scores.to_numpy()).roc_auc)
+    return finite_or_none(
+        binary_metrics(truth.loc[scores.index].to_numpy(), scores.to_numpy()).roc_auc
+    )
 
 
 # ---------------------------------------------------------------- truth files
 
 
-def write_truth_file(fmt: str, truth: pd.DataFrame, image_ids: Sequence[str], class_names: Sequence[str], path: Path) -> Path:
+def write_truth_file(
+    fmt: str, truth: pd.DataFrame, image_ids: Sequence[str], class_names: Sequence[str], path: Path
+) -> Path:
     """The holdout truth in the competition's train-label layout, for `cxrdet evaluate`
     (cxrdet.formats: rsna stage_2_train_labels.csv, vinbigdata train.csv, folder
     annotations.csv). Coordinates as exact decimal floats."""
@@ -183,8 +227,13 @@ def write_truth_file(fmt: str, truth: pd.DataFrame, image_ids: Sequence[str], cl
 
 
 def plot_curves(
-    threshold: pd.DataFrame, chosen: float, metric: str, pr: pd.DataFrame,
-    roc: Mapping[str, pd.Series], truth: pd.Series, paths: Mapping[str, Path],
+    threshold: pd.DataFrame,
+    chosen: float,
+    metric: str,
+    pr: pd.DataFrame,
+    roc: Mapping[str, pd.Series],
+    truth: pd.Series,
+    paths: Mapping[str, Path],
 ) -> None:
     """threshold.png (metric vs score threshold, the tuned one marked), pr.png, roc.png."""
     import matplotlib
@@ -196,14 +245,21 @@ def plot_curves(
     figure, axes = plt.subplots(figsize=(5.5, 4.0), dpi=110)
     axes.plot(threshold["threshold"], threshold["score"], marker=".")
     axes.axvline(chosen, color="grey", linestyle=":", label=f"tuned threshold {chosen:.3f}")
-    axes.set(xlabel="final score threshold", ylabel=metric, title=f"Holdout {metric} vs score threshold")
+    axes.set(
+        xlabel="final score threshold", ylabel=metric, title=f"Holdout {metric} vs score threshold"
+    )
     axes.legend(fontsize=7)
     _save(figure, paths["threshold"])
 
     figure, axes = plt.subplots(figsize=(5.5, 4.0), dpi=110)
     axes.plot(pr["recall"], pr["precision"], drawstyle="steps-post")
-    axes.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01),
-             title=f"Holdout boxes, precision-recall (IoU > {PR_IOU})")
+    axes.set(
+        xlabel="recall",
+        ylabel="precision",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        title=f"Holdout boxes, precision-recall (IoU > {PR_IOU})",
+    )
     _save(figure, paths["pr"])
 
     figure, axes = plt.subplots(figsize=(5.5, 5.0), dpi=110)
@@ -213,15 +269,25 @@ def plot_curves(
             fpr, tpr, _ = roc_curve(y, scores.to_numpy())
             axes.plot(fpr, tpr, label=f"{label} (AUC {auc(truth, scores):.3f})")
     axes.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-    axes.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01),
-             title=f"Holdout images with findings, n={len(truth)}")
+    axes.set(
+        xlabel="false positive rate",
+        ylabel="true positive rate",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        title=f"Holdout images with findings, n={len(truth)}",
+    )
     axes.legend(loc="lower right", fontsize=7)
     _save(figure, paths["roc"])
 
 
 def holdout_overlay(
-    images: Sequence[np.ndarray], image_ids: Sequence[str], sizes: pd.DataFrame, truth: pd.DataFrame,
-    final: pd.DataFrame, path: Path, count: int = 12,
+    images: Sequence[np.ndarray],
+    image_ids: Sequence[str],
+    sizes: pd.DataFrame,
+    truth: pd.DataFrame,
+    final: pd.DataFrame,
+    path: Path,
+    count: int = 12,
 ) -> None:
     """Holdout X-rays (those with findings first) as the models saw them: truth boxes green,
     the ensemble's boxes red with their scores."""
@@ -230,14 +296,25 @@ def holdout_overlay(
 
     def image_of(image_id: str) -> tuple[np.ndarray, float, float]:
         image = images[index[image_id]]
-        return image, image.shape[1] / sized.loc[image_id, "width"], image.shape[0] / sized.loc[image_id, "height"]
+        return (
+            image,
+            image.shape[1] / sized.loc[image_id, "width"],
+            image.shape[0] / sized.loc[image_id, "height"],
+        )
 
     shown = final[final["class_id"] != NO_FINDING]
-    overlay_grid(image_ids, truth, shown, image_of, lambda image_id: str(image_id)[:16], path, count)
+    overlay_grid(
+        image_ids, truth, shown, image_of, lambda image_id: str(image_id)[:16], path, count
+    )
 
 
 def fold_overlay(
-    prepared: Prepared, image_ids: Sequence[str], predicted: pd.DataFrame, threshold: float, path: Path, title: str,
+    prepared: Prepared,
+    image_ids: Sequence[str],
+    predicted: pd.DataFrame,
+    threshold: float,
+    path: Path,
+    title: str,
     count: int = 12,
 ) -> None:
     """A PNG grid of cached images (those with boxes first): truth boxes green, the original
@@ -250,7 +327,12 @@ def fold_overlay(
 
     shown = predicted[(predicted["view"] == ORIGINAL) & (predicted["score"] >= threshold)]
     overlay_grid(
-        image_ids, truth_boxes(prepared, image_ids), shown, image_of, lambda image_id: f"{image_id[:12]} {title}", path,
+        image_ids,
+        truth_boxes(prepared, image_ids),
+        shown,
+        image_of,
+        lambda image_id: f"{image_id[:12]} {title}",
+        path,
         count,
     )
 
@@ -279,9 +361,11 @@ class FoldsReport:
     best_fold: int  # the fold model with the best out-of-fold score
 
 
-
 def folds_report(
-    prepared: Prepared, split: pd.DataFrame, oof: dict[int, pd.DataFrame], holdout: dict[int, pd.DataFrame]
+    prepared: Prepared,
+    split: pd.DataFrame,
+    oof: dict[int, pd.DataFrame],
+    holdout: dict[int, pd.DataFrame],
 ) -> FoldsReport:
     """Out-of-fold and holdout RSNA scores of fold models' box tables (by fold), and the
     mean-box baseline's; the out-of-fold mAP at IoU 0.4 (VinBigData's metric without its
@@ -294,22 +378,36 @@ def folds_report(
     score, threshold = view_rsna(oof_truth, every, ORIGINAL)
     per_fold = {
         f"fold{k}": {
-            "oof_rsna_score": view_rsna(truth_boxes(prepared, fold_ids(split, k)), oof[k], ORIGINAL, threshold=threshold)[0],
-            "holdout_rsna_score": view_rsna(holdout_truth, holdout[k], ORIGINAL, threshold=threshold)[0],
+            "oof_rsna_score": view_rsna(
+                truth_boxes(prepared, fold_ids(split, k)), oof[k], ORIGINAL, threshold=threshold
+            )[0],
+            "holdout_rsna_score": view_rsna(
+                holdout_truth, holdout[k], ORIGINAL, threshold=threshold
+            )[0],
         }
         for k in folds
     }
     trained_on = prepared.boxes[prepared.boxes["image_id"].isin(oof_ids)]
     baseline = {
-        f"{part}_rsna_score": rsna_score(truth, mean_box_baseline(trained_on, prepared.images, prepared.images[prepared.images["image_id"].isin(ids)])).score
-        for part, truth, ids in (("oof", oof_truth, oof_ids), ("holdout", holdout_truth, holdout_ids))
+        f"{part}_rsna_score": rsna_score(
+            truth,
+            mean_box_baseline(
+                trained_on, prepared.images, prepared.images[prepared.images["image_id"].isin(ids)]
+            ),
+        ).score
+        for part, truth, ids in (
+            ("oof", oof_truth, oof_ids),
+            ("holdout", holdout_truth, holdout_ids),
+        )
     }
     metrics = {
         "oof_rsna_score": score,
         "oof_rsna_threshold": threshold,
         "oof_map": mean_average_precision(oof_truth, every[every["view"] == ORIGINAL]).score,
         "holdout_rsna_score": float(np.mean([f["holdout_rsna_score"] for f in per_fold.values()])),
-        "oof_rsna_score_by_view": {view: view_rsna(oof_truth, every, view)[0] for view in sorted(every["view"].unique())},
+        "oof_rsna_score_by_view": {
+            view: view_rsna(oof_truth, every, view)[0] for view in sorted(every["view"].unique())
+        },
         "folds": per_fold,
         "baseline": {"method": "the training boxes' mean box in every image", **baseline},
         "n_oof": len(oof_ids),
@@ -317,7 +415,6 @@ def folds_report(
     }
     best_fold = max(folds, key=lambda k: _finite_or_low(per_fold[f"fold{k}"]["oof_rsna_score"]))
     return FoldsReport(metrics, threshold, best_fold)
-
 
 
 def _finite_or_low(value: float) -> float:

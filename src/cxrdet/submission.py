@@ -287,7 +287,10 @@ def prediction_strings(
     box, empty = _STRING_LAYOUTS[layout]
     frame = _checked(predictions)
     return [
-        (image_id, empty if group is None else " ".join(_format(v) for row in group for v in box(row)))
+        (
+            image_id,
+            empty if group is None else " ".join(_format(v) for row in group for v in box(row)),
+        )
         for image_id, group in _by_image(frame, _image_ids(frame, image_ids))
     ]
 

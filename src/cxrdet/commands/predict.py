@@ -21,15 +21,35 @@ from cxrdet.commands.arguments import FORMATS, add_command
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = add_command(subparsers, "predict", "write a submission for a folder of images with the ensemble", __doc__, run)
-    parser.add_argument("--model", "--run-dir", dest="model", default=".",
-                        help="models:/<name>@<alias>, an MLflow model, a project root after `dvc repro`, "
-                             "or a model directory (predictor.json)")
-    parser.add_argument("--input", required=True, type=Path, help="folder of DICOM/PNG/JPEG images (searched recursively)")
-    parser.add_argument("--format", choices=FORMATS, help="submission layout (default: the training data's format)")
+    parser = add_command(
+        subparsers,
+        "predict",
+        "write a submission for a folder of images with the ensemble",
+        __doc__,
+        run,
+    )
+    parser.add_argument(
+        "--model",
+        "--run-dir",
+        dest="model",
+        default=".",
+        help="models:/<name>@<alias>, an MLflow model, a project root after `dvc repro`, "
+        "or a model directory (predictor.json)",
+    )
+    parser.add_argument(
+        "--input",
+        required=True,
+        type=Path,
+        help="folder of DICOM/PNG/JPEG images (searched recursively)",
+    )
+    parser.add_argument(
+        "--format", choices=FORMATS, help="submission layout (default: the training data's format)"
+    )
     parser.add_argument("--out", required=True, type=Path, help="submission CSV to write")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--chunk", type=int, default=64, help="images decoded and predicted together (memory bound)")
+    parser.add_argument(
+        "--chunk", type=int, default=64, help="images decoded and predicted together (memory bound)"
+    )
     parser.add_argument("--no-progress", dest="progress", action="store_false")
 
 

@@ -66,7 +66,9 @@ class ShrinkRange(Range):
 class EnsembleSearchParams(Section):
     """Optuna's search space over the cached out-of-fold predictions."""
 
-    detector_views: bool = True  # choose a subset of the detector's TTA views (the original always in)
+    detector_views: bool = (
+        True  # choose a subset of the detector's TTA views (the original always in)
+    )
     classifier_views: bool = True  # choose how many classifier TTA views to average
     view_fusion: list[FusionMethod] = Field(["vote", "wbf", "soft_nms"], min_length=1)
     iou_thr: UnitRange = UnitRange(low=0.3, high=0.7)  # vote, wbf, nms, soft_nms_linear

@@ -15,11 +15,9 @@ class SearchRange(Range):
     high: float = Field(gt=0.0)
 
 
-
 class CountRange(Range):
     low: int = Field(ge=1)
     high: int = Field(ge=1)
-
 
 
 class PrunerParams(Section):
@@ -27,7 +25,6 @@ class PrunerParams(Section):
     startup_trials: int = Field(2, ge=0)  # median: trials completed before any pruning
     warmup_epochs: int = Field(1, ge=0)  # median: epochs a trial runs before it can be pruned
     reduction_factor: int = Field(3, ge=2)  # hyperband
-
 
 
 class StudyParams(Section):
@@ -38,4 +35,3 @@ class StudyParams(Section):
     storage: str | None = None
     seed: int = 0  # TPE sampler seed
     startup_trials: int = Field(3, ge=0)  # TPE: random trials before it models the results
-

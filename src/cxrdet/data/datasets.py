@@ -106,7 +106,13 @@ class EpochSeededDataset(Dataset):
     (seed, epoch, index), so an epoch's samples do not depend on workers or resumption:
     the training loop calls `set_epoch`."""
 
-    def __init__(self, images: CachedImages, size: int, augment: A.BasicTransform | A.BaseCompose | None, seed: int) -> None:
+    def __init__(
+        self,
+        images: CachedImages,
+        size: int,
+        augment: A.BasicTransform | A.BaseCompose | None,
+        seed: int,
+    ) -> None:
         self.images = images
         self.size = size
         self.augment = augment

@@ -25,7 +25,9 @@ def training_ids(split: pd.DataFrame, fold: int | None) -> list[str]:
     return split.loc[(split["fold"] != fold) & (split["fold"] != HOLDOUT), "image_id"].tolist()
 
 
-def strata(images: pd.DataFrame, boxes: pd.DataFrame, max_box_count: int, n_splits: int) -> pd.Series:
+def strata(
+    images: pd.DataFrame, boxes: pd.DataFrame, max_box_count: int, n_splits: int
+) -> pd.Series:
     counts = boxes.groupby("image_id").size().reindex(images["image_id"], fill_value=0)
     box_bin = np.minimum(counts.to_numpy(), max_box_count)
     fine = images["label"].astype(str).to_numpy() + "|boxes=" + box_bin.astype(str)
@@ -37,7 +39,9 @@ def strata(images: pd.DataFrame, boxes: pd.DataFrame, max_box_count: int, n_spli
     return key
 
 
-def _one_split(labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int) -> list[np.ndarray]:
+def _one_split(
+    labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int
+) -> list[np.ndarray]:
     """Test indices of each of the n_splits folds."""
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
@@ -66,7 +70,9 @@ def make_folds(
     needed = max(folds, holdout_parts)
     if len(images) < 2 * needed:
         raise ValueError(f"{len(images)} images are too few for {folds} folds and a holdout")
-    groups = (images["patient_id"] if group_by_patient else images["image_id"]).astype(str).to_numpy()
+    groups = (
+        (images["patient_id"] if group_by_patient else images["image_id"]).astype(str).to_numpy()
+    )
     labels = strata(images, boxes, max_box_count, needed).to_numpy()
 
     fold = np.full(len(images), HOLDOUT, dtype=np.int64)

@@ -103,7 +103,9 @@ def image_sizes(
     return found.loc[image_ids.to_numpy()].to_numpy(dtype=np.float64)
 
 
-def make_registered(registry: Mapping[str, type[Params]], name: str, params: Mapping[str, Any], kind: str) -> Params:
+def make_registered(
+    registry: Mapping[str, type[Params]], name: str, params: Mapping[str, Any], kind: str
+) -> Params:
     """The parameters of the `kind` (fusion method, gating rule) called `name` in `registry`;
     ConfigError on an unknown name, parameter or value."""
     if name not in registry:

@@ -43,10 +43,14 @@ class FamilySettings:
 
 # (params, box classes, image classes, tuned anchors (anchors.json content) or None, their file
 # name for errors, create_backbone's weight arguments) -> an untrained model
-Builder = Callable[[DetectorParams, int, int, "dict[str, Any] | None", str, "dict[str, Any] | None"], nn.Module]
+Builder = Callable[
+    [DetectorParams, int, int, "dict[str, Any] | None", str, "dict[str, Any] | None"], nn.Module
+]
 # (model, params, settings, train with the global head, the training boxes' (n, 2) sizes in
 # input pixels, computed on demand) -> the Task `fit` trains it with
-TaskFactory = Callable[[nn.Module, DetectorParams, FamilySettings, bool, Callable[[], np.ndarray]], DetectionTask]
+TaskFactory = Callable[
+    [nn.Module, DetectorParams, FamilySettings, bool, Callable[[], np.ndarray]], DetectionTask
+]
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,9 @@ class DetectorFamily:
     settings: Callable[[DetectorParams], FamilySettings]
     build: Builder
     task: TaskFactory
-    identity: Callable[[DetectorParams, FamilySettings], dict[str, Any]]  # params a checkpoint must match
+    identity: Callable[
+        [DetectorParams, FamilySettings], dict[str, Any]
+    ]  # params a checkpoint must match
     save: Callable[[Path, Any, dict[str, Any]], None]
     load: Callable[[Path], tuple[Any, dict[str, Any]]]
 
@@ -87,7 +93,9 @@ def family_of(model: nn.Module) -> DetectorFamily:
     for record in registered().values():
         if isinstance(model, record.model_class):
             return record
-    raise CxrdetError(f"{type(model).__name__}: not a model of a detector family ({sorted(registered())})")
+    raise CxrdetError(
+        f"{type(model).__name__}: not a model of a detector family ({sorted(registered())})"
+    )
 
 
 def family_settings(params: DetectorParams, key: str) -> FamilySettings:

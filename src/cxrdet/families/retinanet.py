@@ -49,7 +49,9 @@ def task(
 
 
 def identity(params: DetectorParams, settings: FamilySettings) -> dict[str, Any]:
-    return params.model_dump(exclude={"optim", "decode", "tta", "folds", "name", "families", "two_stage"})
+    return params.model_dump(
+        exclude={"optim", "decode", "tta", "folds", "name", "families", "two_stage"}
+    )
 
 
 FAMILY = DetectorFamily(

@@ -70,9 +70,17 @@ class DetectionTask:
         def frame(boxes_key: str, labels_key: str, scores_key: str | None) -> pd.DataFrame:
             boxes = [b for o in outputs for b in o[boxes_key]]
             owners = np.repeat(index, [len(b) for b in boxes])
-            extra = {"class_id": np.concatenate([b for o in outputs for b in o[labels_key]]).astype(np.int64)}
+            extra = {
+                "class_id": np.concatenate([b for o in outputs for b in o[labels_key]]).astype(
+                    np.int64
+                )
+            }
             if scores_key:
-                extra["score"] = np.concatenate([s for o in outputs for s in o[scores_key]]).astype(np.float64)
+                extra["score"] = np.concatenate([s for o in outputs for s in o[scores_key]]).astype(
+                    np.float64
+                )
             return xyxy_frame(owners, np.concatenate(boxes) if boxes else np.zeros((0, 4)), **extra)
 
-        return detection_scores(frame("truth", "truth_labels", None), frame("boxes", "labels", "scores"))
+        return detection_scores(
+            frame("truth", "truth_labels", None), frame("boxes", "labels", "scores")
+        )

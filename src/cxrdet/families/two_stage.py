@@ -24,24 +24,41 @@ from cxrdet.models.two_stage import (
 
 KEY = "two_stage"
 MODEL_FILE = "two_stage.pt"
+
+
 class TwoStageTask(DetectionTask):
     """The two-stage detector's loss: the sum of torchvision's RPN and box-head losses, which
     its forward pass computes from the targets (images without boxes: background only)."""
 
-    def __init__(self, decode_config: DecodeConfig, *, monitor: str = "rsna", freeze_encoder_epochs: int = 0) -> None:
-        super().__init__(None, decode_config, monitor=monitor, freeze_encoder_epochs=freeze_encoder_epochs, global_head=False)
+    def __init__(
+        self, decode_config: DecodeConfig, *, monitor: str = "rsna", freeze_encoder_epochs: int = 0
+    ) -> None:
+        super().__init__(
+            None,
+            decode_config,
+            monitor=monitor,
+            freeze_encoder_epochs=freeze_encoder_epochs,
+            global_head=False,
+        )
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         device = batch["image"].device
-        targets = [{"boxes": b.to(device), "labels": c.to(device)} for b, c in zip(batch["boxes"], batch["labels"])]
+        targets = [
+            {"boxes": b.to(device), "labels": c.to(device)}
+            for b, c in zip(batch["boxes"], batch["labels"])
+        ]
         return sum(model(batch["image"], targets).values())
 
 
 def settings(params: DetectorParams) -> FamilySettings:
     two_stage = params.two_stage
     return FamilySettings(
-        KEY, two_stage.name, two_stage.optim, DecodeConfig(**two_stage.decode.model_dump()),
-        two_stage.positives_only, MODEL_FILE,
+        KEY,
+        two_stage.name,
+        two_stage.optim,
+        DecodeConfig(**two_stage.decode.model_dump()),
+        two_stage.positives_only,
+        MODEL_FILE,
     )
 
 
@@ -65,7 +82,9 @@ def task(
     box_sizes: Callable[[], np.ndarray],
 ) -> TwoStageTask:
     # No anchor warning: the RPN matches every box to its best anchor and the box head regresses again.
-    return TwoStageTask(settings.decode, monitor=params.monitor, freeze_encoder_epochs=params.freeze_encoder_epochs)
+    return TwoStageTask(
+        settings.decode, monitor=params.monitor, freeze_encoder_epochs=params.freeze_encoder_epochs
+    )
 
 
 def identity(params: DetectorParams, settings: FamilySettings) -> dict[str, Any]:

@@ -25,7 +25,10 @@ import pandas as pd
 from cxrdet.errors import ConfigError
 from cxrdet.metrics.rsna import rsna_score
 
-OBJECTIVE_METRICS = {"map": "map40", "rsna": "rsna_score"}  # objective -> the key it is reported under
+OBJECTIVE_METRICS = {
+    "map": "map40",
+    "rsna": "rsna_score",
+}  # objective -> the key it is reported under
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,11 @@ def reported_objectives(fmt: str, objective: str = "auto") -> list[str]:
 
 
 def competition_score(
-    fmt: str, truth: pd.DataFrame, predictions: pd.DataFrame, image_ids: Sequence[str], objective: str = "auto"
+    fmt: str,
+    truth: pd.DataFrame,
+    predictions: pd.DataFrame,
+    image_ids: Sequence[str],
+    objective: str = "auto",
 ) -> float:
     """The metric of `objective` (default: the format's own) of `predictions` on the images
     `image_ids` (NaN: nothing to score). truth and predictions: image_id, x, y, w, h (+ score,

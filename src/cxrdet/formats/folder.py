@@ -13,11 +13,16 @@ from cxrdet.metrics.vinbigdata import mean_average_precision
 from cxrdet.submission import read_folder_submission, write_folder_submission
 
 
-def truth_rows(truth: pd.DataFrame, image_ids: Sequence[str], class_names: Sequence[str]) -> list[list[str]]:
+def truth_rows(
+    truth: pd.DataFrame, image_ids: Sequence[str], class_names: Sequence[str]
+) -> list[list[str]]:
     """annotations.csv (images without boxes are not listed; they do not change mAP)."""
     rows = [["image_id", "x", "y", "width", "height", "label"]]
-    rows += [[b.image_id, *map(exact_number, (b.x, b.y, b.w, b.h)), class_names[b.class_id]]
-             for b in truth.itertuples() if b.image_id in set(image_ids)]
+    rows += [
+        [b.image_id, *map(exact_number, (b.x, b.y, b.w, b.h)), class_names[b.class_id]]
+        for b in truth.itertuples()
+        if b.image_id in set(image_ids)
+    ]
     return rows
 
 
@@ -34,7 +39,7 @@ FORMAT = OutputFormat(
     read_submission=lambda path, class_names: read_folder_submission(path, class_names).predictions,
     truth_rows=truth_rows,
     as_submitted=lambda predictions, image_ids: predictions,
-    map_score=lambda truth, predictions, image_ids: mean_average_precision(
-        truth, predictions, image_ids=image_ids
-    ).score,
+    map_score=lambda truth, predictions, image_ids: (
+        mean_average_precision(truth, predictions, image_ids=image_ids).score
+    ),
 )

@@ -12,7 +12,9 @@ from cxrdet.metrics.vinbigdata import mean_average_precision
 from cxrdet.submission import read_rsna_submission, write_rsna_submission
 
 
-def truth_rows(truth: pd.DataFrame, image_ids: Sequence[str], class_names: Sequence[str]) -> list[list[str]]:
+def truth_rows(
+    truth: pd.DataFrame, image_ids: Sequence[str], class_names: Sequence[str]
+) -> list[list[str]]:
     """stage_2_train_labels.csv: one row per box, Target 0 and no box for an image without."""
     by_image = {image_id: group for image_id, group in truth.groupby("image_id")}
     rows = [["patientId", "x", "y", "width", "height", "Target"]]
@@ -21,7 +23,10 @@ def truth_rows(truth: pd.DataFrame, image_ids: Sequence[str], class_names: Seque
         if boxes is None:
             rows.append([image_id, "", "", "", "", "0"])
         else:
-            rows += [[image_id, *map(exact_number, (b.x, b.y, b.w, b.h)), "1"] for b in boxes.itertuples()]
+            rows += [
+                [image_id, *map(exact_number, (b.x, b.y, b.w, b.h)), "1"]
+                for b in boxes.itertuples()
+            ]
     return rows
 
 
@@ -38,7 +43,7 @@ FORMAT = OutputFormat(
     read_submission=lambda path, class_names: read_rsna_submission(path).predictions,
     truth_rows=truth_rows,
     as_submitted=lambda predictions, image_ids: predictions,
-    map_score=lambda truth, predictions, image_ids: mean_average_precision(
-        truth, predictions, image_ids=image_ids
-    ).score,
+    map_score=lambda truth, predictions, image_ids: (
+        mean_average_precision(truth, predictions, image_ids=image_ids).score
+    ),
 )

@@ -21,11 +21,17 @@ def as_submitted(predictions: pd.DataFrame, image_ids: Sequence[str]) -> pd.Data
     if not empty:
         return predictions
     x, y, w, h = NO_FINDING_XYWH
-    added = pd.DataFrame({"image_id": empty, "x": x, "y": y, "w": w, "h": h, "score": 1.0, "class_id": NO_FINDING})
-    return pd.concat([predictions, added.astype({"class_id": predictions["class_id"].dtype})], ignore_index=True)
+    added = pd.DataFrame(
+        {"image_id": empty, "x": x, "y": y, "w": w, "h": h, "score": 1.0, "class_id": NO_FINDING}
+    )
+    return pd.concat(
+        [predictions, added.astype({"class_id": predictions["class_id"].dtype})], ignore_index=True
+    )
 
 
-def truth_rows(truth: pd.DataFrame, image_ids: Sequence[str], class_names: Sequence[str]) -> list[list[str]]:
+def truth_rows(
+    truth: pd.DataFrame, image_ids: Sequence[str], class_names: Sequence[str]
+) -> list[list[str]]:
     """train.csv: one row per box, the no-finding row for an image without (evaluate it with
     --no-fuse-readers: the boxes are prepare's, already fused)."""
     by_image = {image_id: group for image_id, group in truth.groupby("image_id")}
@@ -35,8 +41,16 @@ def truth_rows(truth: pd.DataFrame, image_ids: Sequence[str], class_names: Seque
         if boxes is None:
             rows.append([image_id, NO_FINDING_NAME, str(NO_FINDING), "", "", "", "", ""])
         else:
-            rows += [[image_id, class_names[b.class_id], str(b.class_id), "",
-                      *map(exact_number, (b.x, b.y, b.x + b.w, b.y + b.h))] for b in boxes.itertuples()]
+            rows += [
+                [
+                    image_id,
+                    class_names[b.class_id],
+                    str(b.class_id),
+                    "",
+                    *map(exact_number, (b.x, b.y, b.x + b.w, b.y + b.h)),
+                ]
+                for b in boxes.itertuples()
+            ]
     return rows
 
 

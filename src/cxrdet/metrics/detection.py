@@ -41,18 +41,31 @@ def detection_scores(truth: pd.DataFrame, predictions: pd.DataFrame) -> dict[str
     return {"rsna": score, "rsna_threshold": threshold, "map": average}
 
 
-def mean_box_baseline(train_boxes: pd.DataFrame, train_images: pd.DataFrame, images: pd.DataFrame) -> pd.DataFrame:
+def mean_box_baseline(
+    train_boxes: pd.DataFrame, train_images: pd.DataFrame, images: pd.DataFrame
+) -> pd.DataFrame:
     """The trivial detector: in every image of `images`, the training boxes' mean box
     (relative to the image size), score 1, class 0. Boxes and images: prepared tables."""
-    sizes = train_images.set_index("image_id").loc[train_boxes["image_id"], ["width", "height"]].to_numpy(float)
+    sizes = (
+        train_images.set_index("image_id")
+        .loc[train_boxes["image_id"], ["width", "height"]]
+        .to_numpy(float)
+    )
     relative = train_boxes[["x", "y", "w", "h"]].to_numpy(float) / np.tile(sizes, 2)
     mean = relative.mean(axis=0)
     scale = np.tile(images[["width", "height"]].to_numpy(float), 2)
     boxes = mean * scale
-    return pd.DataFrame({
-        "image_id": images["image_id"].to_numpy(), "x": boxes[:, 0], "y": boxes[:, 1], "w": boxes[:, 2],
-        "h": boxes[:, 3], "score": 1.0, "class_id": 0,
-    })
+    return pd.DataFrame(
+        {
+            "image_id": images["image_id"].to_numpy(),
+            "x": boxes[:, 0],
+            "y": boxes[:, 1],
+            "w": boxes[:, 2],
+            "h": boxes[:, 3],
+            "score": 1.0,
+            "class_id": 0,
+        }
+    )
 
 
 def view_rsna(

@@ -31,7 +31,6 @@ def to_xyxy(boxes: pd.DataFrame) -> np.ndarray:
     return xywh_to_xyxy(boxes[["x", "y", "w", "h"]].to_numpy(dtype=np.float64))
 
 
-
 def xyxy_columns(xyxy: np.ndarray) -> dict[str, np.ndarray]:
     """{"x", "y", "w", "h"} columns of (n, 4) x_min, y_min, x_max, y_max boxes."""
     xyxy = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
@@ -41,7 +40,6 @@ def xyxy_columns(xyxy: np.ndarray) -> dict[str, np.ndarray]:
         "w": xyxy[:, 2] - xyxy[:, 0],
         "h": xyxy[:, 3] - xyxy[:, 1],
     }
-
 
 
 def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -54,7 +52,6 @@ def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     union = area_a[:, None] + area_b[None, :] - inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-
 
 
 def iou_xyxy(a: np.ndarray, b: np.ndarray) -> np.ndarray:

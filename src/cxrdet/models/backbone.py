@@ -163,7 +163,9 @@ def load_backbone_weights(model: nn.Module, name: str, path: Path, param_key: st
     model.load_state_dict(state_dict, strict=True)
 
 
-def backbone_source(params: DetectorParams, pretrained_dir: Path, allow_download: bool) -> dict[str, Any]:
+def backbone_source(
+    params: DetectorParams, pretrained_dir: Path, allow_download: bool
+) -> dict[str, Any]:
     """create_backbone's weight arguments for detector.weights."""
     if params.weights == "pretrain":
         path = pretrained_dir / f"{params.backbone}.pt"

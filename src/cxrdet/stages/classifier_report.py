@@ -4,6 +4,7 @@ Writes results/classifier/metrics.json (oof_auc: opacity vs not over all out-of-
 images, every model and TTA view averaged; holdout_auc: every fold model too; the same
 per model variant and for the original view alone) and results/classifier/roc.png.
 """
+
 from __future__ import annotations
 
 import json

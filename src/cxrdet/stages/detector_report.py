@@ -10,6 +10,7 @@ X-rays with truth (green) and the best fold model's predicted (red) boxes. Both 
 With detector_final.enabled, `final`: each family's final model (train_detector_final) on the
 holdout at the same out-of-fold threshold, beside the fold models' holdout scores.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -41,40 +42,66 @@ def run(root: Path) -> None:
     params = load_params(root / "params.yaml")
     folds_dir = root / DETECTOR_FOLDS
     folds = params.detector.folds
-    missing = [f"fold{k}" for k in folds if not (folds_dir / f"fold{k}" / "oof_boxes.parquet").exists()]
+    missing = [
+        f"fold{k}" for k in folds if not (folds_dir / f"fold{k}" / "oof_boxes.parquet").exists()
+    ]
     if missing:
-        raise CxrdetError(f"{folds_dir}: no predictions for {missing}; run `dvc repro train_detector`")
+        raise CxrdetError(
+            f"{folds_dir}: no predictions for {missing}; run `dvc repro train_detector`"
+        )
     prepared = read_prepared(root / PREPARED_DETECT)
     split = pd.read_parquet(root / FOLDS)
-    boxes = {part: {k: pd.read_parquet(folds_dir / f"fold{k}" / f"{part}_boxes.parquet") for k in folds}
-             for part in ("oof", "holdout")}
+    boxes = {
+        part: {k: pd.read_parquet(folds_dir / f"fold{k}" / f"{part}_boxes.parquet") for k in folds}
+        for part in ("oof", "holdout")
+    }
     # One report per detector family (the `model` column); the first family's is the headline.
     names = [family_settings(params.detector, family).name for family in params.detector.families]
     reports = {
-        name: folds_report(prepared, split, *({k: table[table["model"] == name] for k, table in boxes[part].items()}
-                                              for part in ("oof", "holdout")))
+        name: folds_report(
+            prepared,
+            split,
+            *(
+                {k: table[table["model"] == name] for k, table in boxes[part].items()}
+                for part in ("oof", "holdout")
+            ),
+        )
         for name in names
     }
-    if params.detector_final.enabled:  # the final models on the holdout, at the folds' out-of-fold threshold
+    if (
+        params.detector_final.enabled
+    ):  # the final models on the holdout, at the folds' out-of-fold threshold
         final = pd.read_parquet(root / DETECTOR_FINAL / "holdout_boxes.parquet")
         truth = truth_boxes(prepared, fold_ids(split, HOLDOUT))
         for name, other in reports.items():
-            score = view_rsna(truth, final[final["model"] == name], ORIGINAL, threshold=other.threshold)[0]
+            score = view_rsna(
+                truth, final[final["model"] == name], ORIGINAL, threshold=other.threshold
+            )[0]
             other.metrics["final"] = {"holdout_rsna_score": score}
     report = reports[names[0]]
     if len(names) > 1:
         report.metrics["models"] = {name: dict(other.metrics) for name, other in reports.items()}
     out = root / DETECTOR_RESULTS
     with stage_run(
-        "detector_report", root=root, experiment=params.tracking.experiment,
-        tags={"cxrdet.dataset": "detect", "cxrdet.data_hash": prepared.info["data_hash"], "cxrdet.model": params.detector.name},
-        params={"detector.folds": folds, "detector.families": names}, tracking_uri=params.tracking.tracking_uri,
+        "detector_report",
+        root=root,
+        experiment=params.tracking.experiment,
+        tags={
+            "cxrdet.dataset": "detect",
+            "cxrdet.data_hash": prepared.info["data_hash"],
+            "cxrdet.model": params.detector.name,
+        },
+        params={"detector.folds": folds, "detector.families": names},
+        tracking_uri=params.tracking.tracking_uri,
     ):
         write_json(report.metrics, out / "metrics.json")
         fold_overlay(
-            prepared, fold_ids(split, HOLDOUT),
+            prepared,
+            fold_ids(split, HOLDOUT),
             boxes["holdout"][report.best_fold].query("model == @names[0]"),
-            report.threshold, out / "holdout.png", f"fold{report.best_fold} {names[0]}",
+            report.threshold,
+            out / "holdout.png",
+            f"fold{report.best_fold} {names[0]}",
         )
         log_numeric(report.metrics)
         for name in ("metrics.json", "holdout.png"):

@@ -17,6 +17,7 @@ results/evaluate/:
                      metrics.json rescores submission.csv with the same result
     threshold.csv/png, pr.csv/png, roc.png, overlay.png   plots (DVC plots, MLflow artifacts)
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -59,41 +60,74 @@ def run(root: Path) -> None:
     split = pd.read_parquet(root / FOLDS)
     image_ids = fold_ids(split, HOLDOUT)
     if not image_ids:
-        raise CxrdetError("data/split/folds.parquet has no holdout images (split.holdout_fraction is 0)")
+        raise CxrdetError(
+            "data/split/folds.parquet has no holdout images (split.holdout_fraction is 0)"
+        )
     spec = project_spec(root)
     runtime = start_runtime(params.train)  # device and CPU threads as every model stage sets them
     try:
         with stage_run(
-            "evaluate", root=root, experiment=params.tracking.experiment,
+            "evaluate",
+            root=root,
+            experiment=params.tracking.experiment,
             params={"recipe": spec.recipe, "recipe_source": spec.source},
             tags={"cxrdet.dataset": "detect", "cxrdet.data_hash": prepared.info["data_hash"]},
             tracking_uri=params.tracking.tracking_uri,
         ):
             predictor = EnsemblePredictor(spec, root, device=runtime.device.type)
             raw_dir = resolve(params.data.detect.raw_dir, root)
-            paths = [raw_dir / path for path in prepared.images.set_index("image_id").loc[image_ids, "path"]]
+            paths = [
+                raw_dir / path
+                for path in prepared.images.set_index("image_id").loc[image_ids, "path"]
+            ]
             loaded = predictor.load_images(paths, image_ids)
             holdout = Holdout(
-                predictor.predict_members(loaded), prepared.boxes[prepared.boxes["image_id"].isin(image_ids)],
-                image_ids, prepared.info["format"], predictor.class_names,
-                objective=predictor.spec.source.get("objective", "auto"),  # what tune_ensemble maximised
+                predictor.predict_members(loaded),
+                prepared.boxes[prepared.boxes["image_id"].isin(image_ids)],
+                image_ids,
+                prepared.info["format"],
+                predictor.class_names,
+                objective=predictor.spec.source.get(
+                    "objective", "auto"
+                ),  # what tune_ensemble maximised
             )
             metrics = report(root / EVALUATE, params, prepared, predictor, holdout, loaded)
             log_numeric({k: v for k, v in metrics.items() if k != "ablation"})
-            log_numeric({name: row["score"] for name, row in metrics["ablation"].items() if row["score"] is not None},
-                        prefix=f"ablation.{metric_name(holdout.fmt, holdout.objective)}.")
-            for name in ("metrics.json", "submission.csv", "truth.csv", "threshold.csv", "pr.csv", *PLOTS):
+            log_numeric(
+                {
+                    name: row["score"]
+                    for name, row in metrics["ablation"].items()
+                    if row["score"] is not None
+                },
+                prefix=f"ablation.{metric_name(holdout.fmt, holdout.objective)}.",
+            )
+            for name in (
+                "metrics.json",
+                "submission.csv",
+                "truth.csv",
+                "threshold.csv",
+                "pr.csv",
+                *PLOTS,
+            ):
                 mlflow.log_artifact(str(root / EVALUATE / name))
     finally:
         stop_runtime()
     score = metrics[metrics["metric"]]
-    print(f"holdout {metrics['metric']} {'n/a' if score is None else f'{score:.4f}'} (AUC {metrics['auc']}) "
-          f"over {len(image_ids)} images; ablation: "
-          + ", ".join(f"{k} {v['score']}" for k, v in metrics["ablation"].items()) + f" -> {EVALUATE}")
+    print(
+        f"holdout {metrics['metric']} {'n/a' if score is None else f'{score:.4f}'} (AUC {metrics['auc']}) "
+        f"over {len(image_ids)} images; ablation: "
+        + ", ".join(f"{k} {v['score']}" for k, v in metrics["ablation"].items())
+        + f" -> {EVALUATE}"
+    )
 
 
 def report(
-    out: Path, params: Params, prepared: Prepared, predictor: EnsemblePredictor, holdout: Holdout, loaded: LoadedImages
+    out: Path,
+    params: Params,
+    prepared: Prepared,
+    predictor: EnsemblePredictor,
+    holdout: Holdout,
+    loaded: LoadedImages,
 ) -> dict[str, Any]:
     """Write every output of the stage; return the metrics."""
     fmt, class_names, ids = holdout.fmt, list(prepared.info["class_names"]), holdout.image_ids
@@ -102,30 +136,48 @@ def report(
     layout = output_format(fmt)
     layout.write_submission(final, out / "submission.csv", class_names, ids)
     write_truth_file(fmt, holdout.truth, ids, class_names, out / "truth.csv")
-    command = (f"cxrdet evaluate --format {layout.key} --truth {EVALUATE}/truth.csv --submission {EVALUATE}/submission.csv"
-               + layout.evaluate_flags)
+    command = (
+        f"cxrdet evaluate --format {layout.key} --truth {EVALUATE}/truth.csv --submission {EVALUATE}/submission.csv"
+        + layout.evaluate_flags
+    )
 
     metric, truth = metric_name(fmt, holdout.objective), holdout.opacity_truth()
     probabilities = done.probabilities.reindex(ids)
     untuned = EnsembleRecipe.from_params(params.ensemble.model_dump(), key="ensemble")
     metrics = {
-        **holdout.metrics(final),  # the objective's metric first, then the other (rsna_score, map40)
+        **holdout.metrics(
+            final
+        ),  # the objective's metric first, then the other (rsna_score, map40)
         "objective": resolve_objective(fmt, holdout.objective),
         "metric": metric,
         "auc": auc(truth, probabilities["opacity"]),
         "n_images": len(ids),
         "n_boxes": len(final),
-        "detectors": "final" if params.detector_final.enabled else "folds",  # train_detector_final's or the folds'
+        "detectors": "final"
+        if params.detector_final.enabled
+        else "folds",  # train_detector_final's or the folds'
         "recipe_source": predictor.spec.source.get("source"),
         "evaluate_command": command,
         "ablation": ablations(holdout, predictor.recipe, untuned),
     }
     write_json(metrics, out / "metrics.json")
 
-    threshold, pr = threshold_curve(holdout, predictor.recipe), precision_recall(holdout.truth, final)
+    threshold, pr = (
+        threshold_curve(holdout, predictor.recipe),
+        precision_recall(holdout.truth, final),
+    )
     write_csv(threshold, out / "threshold.csv")
     write_csv(pr.iloc[:: max(1, -(-len(pr) // PR_POINTS))], out / "pr.csv")
-    plot_curves(threshold, predictor.recipe.score_threshold, metric, pr, roc_inputs(holdout, final, probabilities),
-                truth, {kind: out / f"{kind}.png" for kind in ("threshold", "pr", "roc")})
-    holdout_overlay(loaded.images.arrays, ids, loaded.sizes, holdout.truth, final, out / "overlay.png")
+    plot_curves(
+        threshold,
+        predictor.recipe.score_threshold,
+        metric,
+        pr,
+        roc_inputs(holdout, final, probabilities),
+        truth,
+        {kind: out / f"{kind}.png" for kind in ("threshold", "pr", "roc")},
+    )
+    holdout_overlay(
+        loaded.images.arrays, ids, loaded.sizes, holdout.truth, final, out / "overlay.png"
+    )
     return metrics

@@ -1,4 +1,5 @@
 """DVC stage `prepare@<dataset>`: raw dataset -> canonical tables + image cache."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,7 +40,9 @@ def run(root: Path, name: str) -> None:
         run_name=f"prepare@{name}",
         tracking_uri=params.tracking.tracking_uri,
     ):
-        prepared = prepare_dataset(dataset.format, root / dataset.raw_dir, root / PREPARED / name, options)
+        prepared = prepare_dataset(
+            dataset.format, root / dataset.raw_dir, root / PREPARED / name, options
+        )
         mlflow.set_tag("cxrdet.data_hash", prepared.info["data_hash"])
         log_numeric(prepared.stats)
         for artifact in ("dataset.json", "stats.json", "rejected.csv", "samples.png"):

@@ -6,6 +6,7 @@ weights file (strict key check); imagenet: timm's ImageNet weights (a download);
 seeded random weights (training from scratch). Only nih reads data/prepared/pretrain.
 Writes models/pretrained/<backbone>.pt and results/pretrain/metrics.json (per-label AUCs).
 """
+
 from __future__ import annotations
 
 import shutil
@@ -98,9 +99,7 @@ def run(root: Path) -> None:
                         param_key="pretrain.allow_download",
                     )
                 if main_process:
-                    save_backbone(
-                        root / PRETRAINED / f"{backbone}.pt", body, backbone, **origin
-                    )
+                    save_backbone(root / PRETRAINED / f"{backbone}.pt", body, backbone, **origin)
             if main_process:
                 write_json(metrics, root / PRETRAIN_METRICS)
                 log_numeric(metrics)

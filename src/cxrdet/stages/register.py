@@ -10,6 +10,7 @@ moves to it only when its holdout metric beats the champion's by `register.min_d
 the same holdout (cxrdet.tracking.registry.gate); the reason is logged either way.
 Writes results/register/register.json.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -42,7 +43,9 @@ def run(root: Path) -> None:
     split = pd.read_parquet(root / FOLDS)
     holdout = sorted(map(str, fold_ids(split, HOLDOUT)))
     if not holdout:
-        raise CxrdetError("data/split/folds.parquet has no holdout images: nothing was evaluated to register")
+        raise CxrdetError(
+            "data/split/folds.parquet has no holdout images: nothing was evaluated to register"
+        )
     metrics_file = root / EVALUATE / "metrics.json"
     if not metrics_file.is_file():
         raise CxrdetError(f"{metrics_file}: not found; run `dvc repro evaluate` first")
@@ -54,31 +57,60 @@ def run(root: Path) -> None:
     spec = project_spec(root)
     paths = raw_paths(root, params, prepared, holdout)
     with stage_run(
-        "register", root=root, experiment=params.tracking.experiment,
+        "register",
+        root=root,
+        experiment=params.tracking.experiment,
         params={"register": params.register.model_dump(), "model_name": name},
-        tags={"cxrdet.dataset": "detect", **identity}, tracking_uri=params.tracking.tracking_uri,
+        tags={"cxrdet.dataset": "detect", **identity},
+        tracking_uri=params.tracking.tracking_uri,
     ) as run:
-        log_numeric({key: value for key, value in metrics.items() if key != "ablation"}, prefix="holdout.")
+        log_numeric(
+            {key: value for key, value in metrics.items() if key != "ablation"}, prefix="holdout."
+        )
         with tempfile.TemporaryDirectory(prefix="cxrdet-bundle-") as scratch:
             bundle = save_bundle(spec, root, Path(scratch) / "bundle")
-            example = pd.DataFrame({ID: [holdout[0]], IMAGE: [png_example(paths[0], spec.preprocess, params.register.example_size)]})
+            example = pd.DataFrame(
+                {
+                    ID: [holdout[0]],
+                    IMAGE: [png_example(paths[0], spec.preprocess, params.register.example_size)],
+                }
+            )
             model = log_ensemble(bundle, example)
-        check_against_evaluate(root, model.model_uri, spec, fmt, holdout[: params.register.check_images], paths)
-        version = registry.register_version(name, model.model_uri, registry.version_tags(metrics, metric, identity))
+        check_against_evaluate(
+            root, model.model_uri, spec, fmt, holdout[: params.register.check_images], paths
+        )
+        version = registry.register_version(
+            name, model.model_uri, registry.version_tags(metrics, metric, identity)
+        )
         decision = registry.gate(name, version.version, params.register.min_delta)
         registry.decide(name, version.version, decision)
         champion = registry.champion(name)
-        mlflow.set_tags({"cxrdet.model_name": name, "cxrdet.model_version": version.version,
-                         "cxrdet.promoted": str(decision.promote).lower(), registry.GATE_TAG: decision.reason})
+        mlflow.set_tags(
+            {
+                "cxrdet.model_name": name,
+                "cxrdet.model_version": version.version,
+                "cxrdet.promoted": str(decision.promote).lower(),
+                registry.GATE_TAG: decision.reason,
+            }
+        )
         record = {
-            "model_name": name, "version": int(version.version), "model_uri": f"models:/{name}/{version.version}",
-            "logged_model_uri": model.model_uri, "run_id": run.info.run_id, "metric": metric,
-            "score": metrics.get(metric), "promoted": decision.promote, "reason": decision.reason,
-            "champion": None if champion is None else int(champion.version), "tags": identity,
+            "model_name": name,
+            "version": int(version.version),
+            "model_uri": f"models:/{name}/{version.version}",
+            "logged_model_uri": model.model_uri,
+            "run_id": run.info.run_id,
+            "metric": metric,
+            "score": metrics.get(metric),
+            "promoted": decision.promote,
+            "reason": decision.reason,
+            "champion": None if champion is None else int(champion.version),
+            "tags": identity,
         }
     write_json(record, root / REGISTER)
-    print(f"{name} version {version.version} ({metric} {metrics.get(metric)}) is challenger; "
-          f"{'now champion' if decision.promote else 'not promoted'}: {decision.reason} -> {REGISTER}")
+    print(
+        f"{name} version {version.version} ({metric} {metrics.get(metric)}) is challenger; "
+        f"{'now champion' if decision.promote else 'not promoted'}: {decision.reason} -> {REGISTER}"
+    )
 
 
 def raw_paths(root: Path, params: Params, prepared: Prepared, image_ids: list[str]) -> list[Path]:
@@ -86,7 +118,9 @@ def raw_paths(root: Path, params: Params, prepared: Prepared, image_ids: list[st
     return [raw_dir / path for path in prepared.images.set_index("image_id").loc[image_ids, "path"]]
 
 
-def identity_tags(root: Path, params: Params, prepared: Prepared, holdout: list[str]) -> dict[str, str]:
+def identity_tags(
+    root: Path, params: Params, prepared: Prepared, holdout: list[str]
+) -> dict[str, str]:
     """What the version was built and scored on. The holdout hash covers the data and the
     holdout's image ids: the gate compares metrics only between equal holdout hashes."""
     data_hash = prepared.info["data_hash"]
@@ -99,19 +133,30 @@ def identity_tags(root: Path, params: Params, prepared: Prepared, holdout: list[
         "cxrdet.git_commit": commit,
         "cxrdet.git_dirty": str(dirty).lower(),
         "cxrdet.format": prepared.info["format"],
-        "cxrdet.detectors": "final" if params.detector_final.enabled else "folds",  # train_detector_final's or the folds'
+        "cxrdet.detectors": "final"
+        if params.detector_final.enabled
+        else "folds",  # train_detector_final's or the folds'
     }
 
 
 def check_against_evaluate(
-    root: Path, model_uri: str, spec: PredictorSpec, fmt: str, image_ids: list[str], paths: list[Path]
+    root: Path,
+    model_uri: str,
+    spec: PredictorSpec,
+    fmt: str,
+    image_ids: list[str],
+    paths: list[Path],
 ) -> None:
     """The logged model, loaded back, must predict the first holdout images (sent as base64
     file bytes, as a client would) exactly as the evaluate stage did."""
     if not image_ids:
         return
-    output = mlflow.pyfunc.load_model(model_uri).predict(frame_of(image_ids, paths[: len(image_ids)]))
-    expected = submission_boxes(root / EVALUATE / "submission.csv", fmt, spec.class_names, image_ids)
+    output = mlflow.pyfunc.load_model(model_uri).predict(
+        frame_of(image_ids, paths[: len(image_ids)])
+    )
+    expected = submission_boxes(
+        root / EVALUATE / "submission.csv", fmt, spec.class_names, image_ids
+    )
     difference = box_difference(comparable(output_boxes(output), fmt, image_ids), expected)
     if difference is not None:
         raise CxrdetError(

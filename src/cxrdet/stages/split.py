@@ -1,4 +1,5 @@
 """DVC stage `split`: stratified patient-grouped folds + holdout of the detect dataset."""
+
 from __future__ import annotations
 
 import json

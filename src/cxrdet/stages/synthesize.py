@@ -1,4 +1,5 @@
 """DVC stage `synthesize`: the demo data, written in the real RSNA/VinBigData/NIH/folder formats."""
+
 from __future__ import annotations
 
 from pathlib import Path

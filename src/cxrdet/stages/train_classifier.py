@@ -5,6 +5,7 @@ Runs as one process or under `torchrun --nproc-per-node=N` (DDP); only rank 0 wr
 files and logs to MLflow. Writes models/classifier/fold<k>/<variant>.pt and
 results/classifier/folds/fold<k>/{oof,holdout}.parquet, metrics.json, roc.png.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -109,7 +110,9 @@ def run(root: Path, fold: int) -> None:
                     )
                     for part, image_ids in ids.items():
                         parts[part].append(
-                            predict_classifier_views(trained, prepared, image_ids, params.classifier, runtime)
+                            predict_classifier_views(
+                                trained, prepared, image_ids, params.classifier, runtime
+                            )
                         )
                     if main_process:
                         save_classifier(

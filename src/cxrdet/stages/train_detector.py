@@ -10,6 +10,7 @@ files and logs to MLflow (a nested run per family). Writes models/detector/fold<
 (the contract is in cxrdet.infer.detector_tta; every family's rows, told apart by `model`)
 and metrics.json (the first family's scores at the top, every family's under "models").
 """
+
 from __future__ import annotations
 
 import json
@@ -64,14 +65,30 @@ def run(root: Path, fold: int) -> None:
     results = root / DETECTOR_FOLDS / f"fold{fold}"
     runtime = start_runtime(params.train)
     main_process = runtime.context.is_main
-    tags = {"cxrdet.dataset": "detect", "cxrdet.data_hash": prepared.info["data_hash"], "cxrdet.fold": str(fold),
-            "cxrdet.model": detector.name}
-    run = stage_run(
-        "train_detector", root=root, experiment=params.tracking.experiment, run_name=stage, tags=tags,
-        params={"detector": detector.model_dump(), "train": params.train.model_dump(), "anchors": tuned,
-                "world_size": runtime.context.world_size},
-        tracking_uri=params.tracking.tracking_uri,
-    ) if main_process else nullcontext()
+    tags = {
+        "cxrdet.dataset": "detect",
+        "cxrdet.data_hash": prepared.info["data_hash"],
+        "cxrdet.fold": str(fold),
+        "cxrdet.model": detector.name,
+    }
+    run = (
+        stage_run(
+            "train_detector",
+            root=root,
+            experiment=params.tracking.experiment,
+            run_name=stage,
+            tags=tags,
+            params={
+                "detector": detector.model_dump(),
+                "train": params.train.model_dump(),
+                "anchors": tuned,
+                "world_size": runtime.context.world_size,
+            },
+            tracking_uri=params.tracking.tracking_uri,
+        )
+        if main_process
+        else nullcontext()
+    )
     try:
         with run:
             data = detector_data(prepared, detector)
@@ -79,13 +96,32 @@ def run(root: Path, fold: int) -> None:
             parts: dict[str, list[tuple[pd.DataFrame, pd.DataFrame]]] = {"oof": [], "holdout": []}
             scores: dict[str, dict[str, float]] = {}
             trained = train_families(
-                detector, data, prepared, ids, runtime, fold=fold, validate="oof", predict=list(parts),
-                model_dir=root / DETECTOR_MODELS / f"fold{fold}", checkpoint_dir=checkpoints, weights=weights,
-                tuned_anchors=tuned, tuned_key=ANCHORS,
-                family_run=lambda settings: mlflow.start_run(
-                    run_name=f"{stage}/{settings.name}", nested=True,
-                    tags={**tags, "cxrdet.stage": "train_detector", "cxrdet.model": settings.name},
-                ) if main_process else nullcontext(),
+                detector,
+                data,
+                prepared,
+                ids,
+                runtime,
+                fold=fold,
+                validate="oof",
+                predict=list(parts),
+                model_dir=root / DETECTOR_MODELS / f"fold{fold}",
+                checkpoint_dir=checkpoints,
+                weights=weights,
+                tuned_anchors=tuned,
+                tuned_key=ANCHORS,
+                family_run=lambda settings: (
+                    mlflow.start_run(
+                        run_name=f"{stage}/{settings.name}",
+                        nested=True,
+                        tags={
+                            **tags,
+                            "cxrdet.stage": "train_detector",
+                            "cxrdet.model": settings.name,
+                        },
+                    )
+                    if main_process
+                    else nullcontext()
+                ),
                 log=(lambda values, step: log_numeric(values, step=step)) if main_process else None,
                 desc=f"fold {fold}",
             )
@@ -93,22 +129,43 @@ def run(root: Path, fold: int) -> None:
                 name, tables, result = done.settings.name, done.tables, done.result
                 for part, table in tables.items():
                     parts[part].append(table)
-                oof_score, threshold = view_rsna(truth_boxes(prepared, ids["oof"]), tables["oof"][0], ORIGINAL)
-                holdout_score, _ = view_rsna(truth_boxes(prepared, ids["holdout"]), tables["holdout"][0], ORIGINAL, threshold=threshold)
+                oof_score, threshold = view_rsna(
+                    truth_boxes(prepared, ids["oof"]), tables["oof"][0], ORIGINAL
+                )
+                holdout_score, _ = view_rsna(
+                    truth_boxes(prepared, ids["holdout"]),
+                    tables["holdout"][0],
+                    ORIGINAL,
+                    threshold=threshold,
+                )
                 scores[name] = {
-                    "best_epoch": result.best_epoch, f"best_val_{detector.monitor}": result.best_score,
-                    "oof_rsna_score": oof_score, "oof_rsna_threshold": threshold, "holdout_rsna_score": holdout_score,
+                    "best_epoch": result.best_epoch,
+                    f"best_val_{detector.monitor}": result.best_score,
+                    "oof_rsna_score": oof_score,
+                    "oof_rsna_threshold": threshold,
+                    "holdout_rsna_score": holdout_score,
                 }
                 log_numeric(scores[name])
-                print(f"fold {fold}: out-of-fold RSNA {oof_score:.4f} ({name}, original view, "
-                      f"score >= {threshold}), holdout {holdout_score:.4f}")
+                print(
+                    f"fold {fold}: out-of-fold RSNA {oof_score:.4f} ({name}, original view, "
+                    f"score >= {threshold}), holdout {holdout_score:.4f}"
+                )
             if main_process:
                 for part, tables in parts.items():
-                    write_parquet(pd.concat([boxes for boxes, _ in tables], ignore_index=True), results / f"{part}_boxes.parquet")
-                    write_parquet(pd.concat([images for _, images in tables], ignore_index=True), results / f"{part}_images.parquet")
+                    write_parquet(
+                        pd.concat([boxes for boxes, _ in tables], ignore_index=True),
+                        results / f"{part}_boxes.parquet",
+                    )
+                    write_parquet(
+                        pd.concat([images for _, images in tables], ignore_index=True),
+                        results / f"{part}_images.parquet",
+                    )
                 metrics = {
-                    "fold": fold, **next(iter(scores.values())), "models": scores,
-                    "n_oof": len(ids["oof"]), "n_holdout": len(ids["holdout"]),
+                    "fold": fold,
+                    **next(iter(scores.values())),
+                    "models": scores,
+                    "n_oof": len(ids["oof"]),
+                    "n_holdout": len(ids["holdout"]),
                 }
                 write_json(metrics, results / "metrics.json")
                 log_numeric(metrics)

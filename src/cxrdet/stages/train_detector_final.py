@@ -18,6 +18,7 @@ contract, `fold` = FINAL_FOLD) and metrics.json. Disabled (detector_final.enable
 demo's default; DVC cannot skip a stage): only the marker {"enabled": false}, empty tables
 with the contract's columns and metrics.json {"enabled": false}, in seconds.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,25 +68,48 @@ def run(root: Path) -> None:
         raise CxrdetError(f"{anchors_path}: not found; run `dvc repro tune_anchors` first")
     tuned = json.loads(anchors_path.read_text())
     # Per family: its folds' best epochs (reported; with epochs null they may set the count).
-    best = {family: fold_best_epochs(root / DETECTOR_FOLDS, detector.folds, family_settings(detector, family).name)
-            for family in detector.families}
-    epochs = {family: final_epochs(family_settings(detector, family).optim, best[family], params.detector_final.epochs)
-              for family in detector.families}
+    best = {
+        family: fold_best_epochs(
+            root / DETECTOR_FOLDS, detector.folds, family_settings(detector, family).name
+        )
+        for family in detector.families
+    }
+    epochs = {
+        family: final_epochs(
+            family_settings(detector, family).optim, best[family], params.detector_final.epochs
+        )
+        for family in detector.families
+    }
     prepared = read_prepared(root / PREPARED_DETECT)
     split = pd.read_parquet(root / FOLDS)
-    ids = {"train": training_ids(split, None),
-           "holdout": fold_ids(split, HOLDOUT)}
+    ids = {"train": training_ids(split, None), "holdout": fold_ids(split, HOLDOUT)}
     runtime = start_runtime(params.train)
     main_process = runtime.context.is_main
-    tags = {"cxrdet.dataset": "detect", "cxrdet.data_hash": prepared.info["data_hash"], "cxrdet.fold": "final",
-            "cxrdet.model": detector.name}
-    run = stage_run(
-        STAGE, root=root, experiment=params.tracking.experiment, tags=tags,
-        params={"detector": detector.model_dump(), "detector_final": params.detector_final.model_dump(),
-                "train": params.train.model_dump(), "anchors": tuned, "epochs": epochs,
-                "world_size": runtime.context.world_size},
-        tracking_uri=params.tracking.tracking_uri,
-    ) if main_process else nullcontext()
+    tags = {
+        "cxrdet.dataset": "detect",
+        "cxrdet.data_hash": prepared.info["data_hash"],
+        "cxrdet.fold": "final",
+        "cxrdet.model": detector.name,
+    }
+    run = (
+        stage_run(
+            STAGE,
+            root=root,
+            experiment=params.tracking.experiment,
+            tags=tags,
+            params={
+                "detector": detector.model_dump(),
+                "detector_final": params.detector_final.model_dump(),
+                "train": params.train.model_dump(),
+                "anchors": tuned,
+                "epochs": epochs,
+                "world_size": runtime.context.world_size,
+            },
+            tracking_uri=params.tracking.tracking_uri,
+        )
+        if main_process
+        else nullcontext()
+    )
     checkpoints = root / CHECKPOINTS / STAGE
     models, results = root / DETECTOR_FINAL_MODELS, root / DETECTOR_FINAL
     try:
@@ -95,13 +119,29 @@ def run(root: Path) -> None:
             tables: list[tuple[pd.DataFrame, pd.DataFrame]] = []
             scores: dict[str, dict[str, float]] = {}
             trained = train_families(
-                detector, data, prepared, ids, runtime, fold=FINAL_FOLD, validate=None, predict=["holdout"],
-                model_dir=models, checkpoint_dir=checkpoints, weights=weights, tuned_anchors=tuned,
-                tuned_key=ANCHORS, epochs=epochs,
-                family_run=lambda settings: mlflow.start_run(
-                    run_name=f"{STAGE}/{settings.name}", nested=True,
-                    tags={**tags, "cxrdet.stage": STAGE, "cxrdet.model": settings.name},
-                ) if main_process else nullcontext(),
+                detector,
+                data,
+                prepared,
+                ids,
+                runtime,
+                fold=FINAL_FOLD,
+                validate=None,
+                predict=["holdout"],
+                model_dir=models,
+                checkpoint_dir=checkpoints,
+                weights=weights,
+                tuned_anchors=tuned,
+                tuned_key=ANCHORS,
+                epochs=epochs,
+                family_run=lambda settings: (
+                    mlflow.start_run(
+                        run_name=f"{STAGE}/{settings.name}",
+                        nested=True,
+                        tags={**tags, "cxrdet.stage": STAGE, "cxrdet.model": settings.name},
+                    )
+                    if main_process
+                    else nullcontext()
+                ),
                 log=(lambda values, step: log_numeric(values, step=step)) if main_process else None,
                 desc="final",
             )
@@ -109,18 +149,34 @@ def run(root: Path) -> None:
                 tables.append(done.tables["holdout"])
                 history = done.result.history
                 scores[done.settings.name] = {
-                    "epochs": done.result.epochs, "fold_best_epochs": best[done.settings.family],
+                    "epochs": done.result.epochs,
+                    "fold_best_epochs": best[done.settings.family],
                     "last_train_loss": history[-1]["train_loss"] if history else float("nan"),
                     "file": done.settings.model_file,
                 }
-                log_numeric({key: scores[done.settings.name][key] for key in ("epochs", "last_train_loss")})
-                print(f"final {done.settings.name}: {done.result.epochs} epochs on {len(ids['train'])} images "
-                      f"(folds' best epochs {best[done.settings.family]}) -> {models / done.settings.model_file}")
+                log_numeric(
+                    {key: scores[done.settings.name][key] for key in ("epochs", "last_train_loss")}
+                )
+                print(
+                    f"final {done.settings.name}: {done.result.epochs} epochs on {len(ids['train'])} images "
+                    f"(folds' best epochs {best[done.settings.family]}) -> {models / done.settings.model_file}"
+                )
             if main_process:
-                write_parquet(pd.concat([boxes for boxes, _ in tables], ignore_index=True), results / "holdout_boxes.parquet")
-                write_parquet(pd.concat([images for _, images in tables], ignore_index=True), results / "holdout_images.parquet")
-                metrics = {"enabled": True, "fold": FINAL_FOLD, "models": scores,
-                           "n_train": len(ids["train"]), "n_holdout": len(ids["holdout"])}
+                write_parquet(
+                    pd.concat([boxes for boxes, _ in tables], ignore_index=True),
+                    results / "holdout_boxes.parquet",
+                )
+                write_parquet(
+                    pd.concat([images for _, images in tables], ignore_index=True),
+                    results / "holdout_images.parquet",
+                )
+                metrics = {
+                    "enabled": True,
+                    "fold": FINAL_FOLD,
+                    "models": scores,
+                    "n_train": len(ids["train"]),
+                    "n_holdout": len(ids["holdout"]),
+                }
                 write_json(metrics, results / "metrics.json")
                 write_json(metrics, models / FINAL_MARKER)
                 mlflow.log_artifact(str(results / "metrics.json"))
@@ -134,12 +190,18 @@ def run(root: Path) -> None:
 def write_disabled(root: Path) -> None:
     """The outputs of a disabled stage: the marker, empty tables with the contract's columns."""
     disabled = {"enabled": False}
-    write_parquet(pd.DataFrame(columns=BOX_COLUMNS), root / DETECTOR_FINAL / "holdout_boxes.parquet")
-    write_parquet(pd.DataFrame(columns=KEY_COLUMNS), root / DETECTOR_FINAL / "holdout_images.parquet")
+    write_parquet(
+        pd.DataFrame(columns=BOX_COLUMNS), root / DETECTOR_FINAL / "holdout_boxes.parquet"
+    )
+    write_parquet(
+        pd.DataFrame(columns=KEY_COLUMNS), root / DETECTOR_FINAL / "holdout_images.parquet"
+    )
     write_json(disabled, root / DETECTOR_FINAL / "metrics.json")
     write_json(disabled, root / DETECTOR_FINAL_MODELS / FINAL_MARKER)
     keep_only(root / DETECTOR_FINAL_MODELS, {FINAL_MARKER})
-    print(f"detector_final.enabled is false: evaluate, register and predict use the fold detectors -> {root / DETECTOR_FINAL_MODELS}")
+    print(
+        f"detector_final.enabled is false: evaluate, register and predict use the fold detectors -> {root / DETECTOR_FINAL_MODELS}"
+    )
 
 
 def keep_only(directory: Path, names: set[str]) -> None:

@@ -7,6 +7,7 @@ With tune_anchors.enabled false it holds params' detector.anchors as they are. T
 in results/tuning/anchors.journal (or tune_anchors.study.storage): a killed run resumes, and more
 workers may join it by running this script again in parallel (each needs the same params).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -44,15 +45,33 @@ def run(root: Path) -> None:
     runtime = start_runtime(params.train)
     try:
         with stage_run(
-            "tune_anchors", root=root, experiment=params.tracking.experiment,
-            params={"tune_anchors": tune.model_dump(), "detector": detector.model_dump(), "train": params.train.model_dump()},
-            tags={"cxrdet.dataset": "detect", "cxrdet.data_hash": prepared.info["data_hash"], "cxrdet.fold": str(tune.fold)},
+            "tune_anchors",
+            root=root,
+            experiment=params.tracking.experiment,
+            params={
+                "tune_anchors": tune.model_dump(),
+                "detector": detector.model_dump(),
+                "train": params.train.model_dump(),
+            },
+            tags={
+                "cxrdet.dataset": "detect",
+                "cxrdet.data_hash": prepared.info["data_hash"],
+                "cxrdet.fold": str(tune.fold),
+            },
             tracking_uri=params.tracking.tracking_uri,
         ):
             if tune.enabled:
                 result = tune_anchors(
-                    detector, tune, detector_data(prepared, detector), prepared, train_ids, val_ids, runtime,
-                    root / JOURNAL, root / PRETRAINED, params.pretrain.allow_download,
+                    detector,
+                    tune,
+                    detector_data(prepared, detector),
+                    prepared,
+                    train_ids,
+                    val_ids,
+                    runtime,
+                    root / JOURNAL,
+                    root / PRETRAINED,
+                    params.pretrain.allow_download,
                 )
                 anchors, summary = result.anchors, result.summary
                 # configured_<monitor> (params' anchors) beside best_<monitor> (the best tuned)
@@ -61,15 +80,24 @@ def run(root: Path) -> None:
                 log_numeric({key: summary[key] for key in keys} | {"bpr": summary["bpr"]})
                 mlflow.set_tag("cxrdet.anchors", "configured" if summary["configured"] else "tuned")
             else:
-                _, strides = pyramid_levels(create_detector_backbone(detector.backbone).feature_info, detector.p2)
-                anchors, summary = resolve_anchors(detector.anchors, strides, None, ANCHORS), {"source": "params"}
+                _, strides = pyramid_levels(
+                    create_detector_backbone(detector.backbone).feature_info, detector.p2
+                )
+                anchors, summary = (
+                    resolve_anchors(detector.anchors, strides, None, ANCHORS),
+                    {"source": "params"},
+                )
             write_json({"anchors": anchors.to_dict(), **summary}, root / ANCHORS)
             mlflow.log_artifact(str(root / ANCHORS))
     finally:
         stop_runtime()
     if tune.enabled:
         metric, best = detector.monitor, summary[f"best_{detector.monitor}"]
-        print(f"anchors: {metric} {summary[f'configured_{metric}']:.4f} configured, "
-              f"{'-' if best is None else f'{best:.4f}'} best tuned; kept the "
-              f"{'configured' if summary['configured'] else 'tuned'} (min_gain {tune.min_gain})")
-    print(f"anchors ({summary['source']}): sizes {anchors.sizes}, scales {anchors.scales}, ratios {anchors.ratios} -> {ANCHORS}")
+        print(
+            f"anchors: {metric} {summary[f'configured_{metric}']:.4f} configured, "
+            f"{'-' if best is None else f'{best:.4f}'} best tuned; kept the "
+            f"{'configured' if summary['configured'] else 'tuned'} (min_gain {tune.min_gain})"
+        )
+    print(
+        f"anchors ({summary['source']}): sizes {anchors.sizes}, scales {anchors.scales}, ratios {anchors.ratios} -> {ANCHORS}"
+    )

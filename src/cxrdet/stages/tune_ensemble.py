@@ -11,6 +11,7 @@ and more workers may join it by running this script again in parallel. Its histo
 parameter importances and parallel coordinates: results/tuning/ensemble_study.html and
 ensemble_{history,importances,parallel}.png, also in MLflow.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,7 +37,9 @@ from cxrdet.tuning.ensemble import (
 
 JOURNAL = "results/tuning/ensemble.journal"
 HTML = "results/tuning/ensemble_study.html"
-PNGS = {kind: f"results/tuning/ensemble_{kind}.png" for kind in ("history", "importances", "parallel")}
+PNGS = {
+    kind: f"results/tuning/ensemble_{kind}.png" for kind in ("history", "importances", "parallel")
+}
 
 
 def run(root: Path) -> None:
@@ -45,7 +48,9 @@ def run(root: Path) -> None:
     tune = params.tune_ensemble
     base = EnsembleRecipe.from_params(params.ensemble.model_dump(), key="ensemble")
     prepared = read_prepared(root / PREPARED_DETECT)
-    predictions = read_fold_predictions(root, params.detector.folds, params.classifier.folds, "oof", prepared.images)
+    predictions = read_fold_predictions(
+        root, params.detector.folds, params.classifier.folds, "oof", prepared.images
+    )
     image_ids = sorted(predictions.images["image_id"].unique())
     missing = sorted(set(image_ids) - set(predictions.classifier["image_id"]))
     if missing:
@@ -57,13 +62,16 @@ def run(root: Path) -> None:
     data = TuningData(
         predictions=predictions,
         truth=prepared.boxes[prepared.boxes["image_id"].isin(image_ids)].reset_index(drop=True),
-        image_ids=image_ids, fmt=prepared.info["format"],
+        image_ids=image_ids,
+        fmt=prepared.info["format"],
         class_names={v.name: labels for v in params.classifier.variants if v.target == "label"},
     )
     objective = resolve_objective(data.fmt, tune.objective)
     metric = metric_name(data.fmt, objective)
     with stage_run(
-        "tune_ensemble", root=root, experiment=params.tracking.experiment,
+        "tune_ensemble",
+        root=root,
+        experiment=params.tracking.experiment,
         params={"tune_ensemble": tune.model_dump(), "ensemble": params.ensemble.model_dump()},
         tags={"cxrdet.dataset": "detect", "cxrdet.data_hash": prepared.info["data_hash"]},
         tracking_uri=params.tracking.tracking_uri,
@@ -77,18 +85,35 @@ def run(root: Path) -> None:
                 value, error = score_recipe(data, base, objective), None
             except CxrdetError as failure:
                 value, error = None, str(failure)
-            recipe, summary = base, {"source": "params", "objective": objective, "metric": metric, metric: value,
-                                     "untuned": {metric: value, "error": error}}
-            study = optuna.create_study(study_name="tune_ensemble disabled")  # in memory: plots say why they are empty
+            recipe, summary = (
+                base,
+                {
+                    "source": "params",
+                    "objective": objective,
+                    "metric": metric,
+                    metric: value,
+                    "untuned": {metric: value, "error": error},
+                },
+            )
+            study = optuna.create_study(
+                study_name="tune_ensemble disabled"
+            )  # in memory: plots say why they are empty
         write_json({"recipe": recipe.to_dict(), **summary}, root / ENSEMBLE)
         write_study_plots(study, root / HTML, {kind: root / path for kind, path in PNGS.items()})
-        log_numeric({f"best_{metric}": summary[metric], f"untuned_{metric}": summary["untuned"][metric],
-                     "trials": summary.get("trials", {})})
+        log_numeric(
+            {
+                f"best_{metric}": summary[metric],
+                f"untuned_{metric}": summary["untuned"][metric],
+                "trials": summary.get("trials", {}),
+            }
+        )
         for path in (ENSEMBLE, HTML, *PNGS.values()):
             mlflow.log_artifact(str(root / path))
     untuned = summary["untuned"][metric]
-    print(f"ensemble recipe ({summary['source']}): out-of-fold {metric} {_text(summary[metric])} "
-          f"(untuned {_text(untuned)}) over {len(image_ids)} images, trials {summary.get('trials', {})} -> {ENSEMBLE}")
+    print(
+        f"ensemble recipe ({summary['source']}): out-of-fold {metric} {_text(summary[metric])} "
+        f"(untuned {_text(untuned)}) over {len(image_ids)} images, trials {summary.get('trials', {})} -> {ENSEMBLE}"
+    )
 
 
 def _text(value: float | None) -> str:

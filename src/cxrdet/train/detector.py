@@ -65,7 +65,10 @@ def detector_data(prepared: Prepared, params: DetectorParams) -> DetectorData:
     if not class_names or prepared.boxes.empty:
         raise CxrdetError(f"{prepared.root}: no boxes to train a detector on")
     if params.global_head == "none":
-        zeros = pd.Series(np.zeros(len(prepared.images), dtype=np.int64), index=prepared.images["image_id"].to_numpy())
+        zeros = pd.Series(
+            np.zeros(len(prepared.images), dtype=np.int64),
+            index=prepared.images["image_id"].to_numpy(),
+        )
         return DetectorData(class_names, [], [], zeros)
     targets = classification_targets(prepared, params.global_head, "detector.global_head")
     return DetectorData(class_names, targets.class_names, targets.positive, targets.labels)
@@ -93,51 +96,101 @@ def train_detector(
     size = params.image_size
     record = family_of(model)
     settings = record.settings(params)
-    optim = settings.optim if epochs is None else settings.optim.model_copy(update={"epochs": epochs})
+    optim = (
+        settings.optim if epochs is None else settings.optim.model_copy(update={"epochs": epochs})
+    )
     if settings.positives_only:  # 1st place: the two-stage detectors saw positive images only
         with_boxes = set(prepared.boxes["image_id"])
         train_ids = [image_id for image_id in train_ids if image_id in with_boxes]
         if not train_ids:
             raise CxrdetError("detector.two_stage.positives_only: no training image has boxes")
-    augment = detector_augmentation(BoxAugmentSettings(**params.augment.model_dump(exclude={"enabled"})))
+    augment = detector_augmentation(
+        BoxAugmentSettings(**params.augment.model_dump(exclude={"enabled"}))
+    )
     labels = data.image_labels
     train_set = DetectionDataset(
-        CachedImages(prepared, train_ids), prepared.images, prepared.boxes, labels.loc[list(train_ids)].to_numpy(),
-        size, augment if params.augment.enabled else None, settings.optim.seed,
+        CachedImages(prepared, train_ids),
+        prepared.images,
+        prepared.boxes,
+        labels.loc[list(train_ids)].to_numpy(),
+        size,
+        augment if params.augment.enabled else None,
+        settings.optim.seed,
     )
-    val_set = None if val_ids is None else DetectionDataset(
-        CachedImages(prepared, val_ids), prepared.images, prepared.boxes, labels.loc[list(val_ids)].to_numpy(), size
+    val_set = (
+        None
+        if val_ids is None
+        else DetectionDataset(
+            CachedImages(prepared, val_ids),
+            prepared.images,
+            prepared.boxes,
+            labels.loc[list(val_ids)].to_numpy(),
+            size,
+        )
     )
     task = record.task(
-        model, params, settings, bool(data.image_class_names), lambda: training_box_sizes(prepared, train_ids, size)
+        model,
+        params,
+        settings,
+        bool(data.image_class_names),
+        lambda: training_box_sizes(prepared, train_ids, size),
     )
     full_identity = {
-        "recipe": "detector", "data_hash": prepared.info["data_hash"], "model": model.config.to_dict(),
+        "recipe": "detector",
+        "data_hash": prepared.info["data_hash"],
+        "model": model.config.to_dict(),
         "train_ids": hashlib.sha256("\n".join(train_ids).encode()).hexdigest(),
-        "params": record.identity(params, settings), **identity,
+        "params": record.identity(params, settings),
+        **identity,
     }
     return fit(
-        model, task, train_set, val_set, optim=optim, runtime=runtime.params, device=runtime.device,
-        context=runtime.context, checkpoint_dir=checkpoint_dir, identity=json.loads(json.dumps(full_identity, default=str)),
-        log=log, on_epoch_end=on_epoch_end, collate_fn=collate_detection, desc=desc,
+        model,
+        task,
+        train_set,
+        val_set,
+        optim=optim,
+        runtime=runtime.params,
+        device=runtime.device,
+        context=runtime.context,
+        checkpoint_dir=checkpoint_dir,
+        identity=json.loads(json.dumps(full_identity, default=str)),
+        log=log,
+        on_epoch_end=on_epoch_end,
+        collate_fn=collate_detection,
+        desc=desc,
     )
 
 
 def weights_identity(weights: dict[str, Any]) -> dict[str, Any]:
     """What distinguishes the starting weights (a file's digest, not its path)."""
     path = weights.get("pretrained_path")
-    return {"pretrained": file_digest(Path(path)) if path else None, "imagenet": bool(weights.get("imagenet"))}
+    return {
+        "pretrained": file_digest(Path(path)) if path else None,
+        "imagenet": bool(weights.get("imagenet")),
+    }
 
 
 def seeded_family(
-    params: DetectorParams, data: DetectorData, family: str, *, tuned_anchors: dict[str, Any] | None = None,
-    tuned_key: str = "anchors.json", weights: dict[str, Any] | None = None,
+    params: DetectorParams,
+    data: DetectorData,
+    family: str,
+    *,
+    tuned_anchors: dict[str, Any] | None = None,
+    tuned_key: str = "anchors.json",
+    weights: dict[str, Any] | None = None,
 ) -> nn.Module:
     """A fresh detector of `family`, its initial weights a function of the family's optimisation
     seed; `tuned_anchors`: anchors.json content (named `tuned_key` in errors)."""
     record = get_family(family)
     seed_everything(record.settings(params).optim.seed)
-    return record.build(params, len(data.class_names), len(data.image_class_names), tuned_anchors, tuned_key, weights)
+    return record.build(
+        params,
+        len(data.class_names),
+        len(data.image_class_names),
+        tuned_anchors,
+        tuned_key,
+        weights,
+    )
 
 
 # ---------------------------------------------------------------- predictions
@@ -158,14 +211,26 @@ def predict_detector(
     settings = record.settings(params)
     views = detection_views(params.tta.hflip, params.tta.scales)
     predictions = predict_views(
-        model, CachedImages(prepared, image_ids), size=params.image_size, views=views,
-        decode_config=settings.decode, batch_size=params.tta.batch_size, device=runtime.device,
-        runtime=runtime.params, context=runtime.context,
+        model,
+        CachedImages(prepared, image_ids),
+        size=params.image_size,
+        views=views,
+        decode_config=settings.decode,
+        batch_size=params.tta.batch_size,
+        device=runtime.device,
+        runtime=runtime.params,
+        context=runtime.context,
     )
     has_head = record.global_head
     return prediction_tables(
-        predictions, image_ids, prepared.images, params.image_size, fold=fold, model=settings.name,
-        image_classes=data.image_class_names if has_head else (), positive=data.positive if has_head else (),
+        predictions,
+        image_ids,
+        prepared.images,
+        params.image_size,
+        fold=fold,
+        model=settings.name,
+        image_classes=data.image_class_names if has_head else (),
+        positive=data.positive if has_head else (),
     )
 
 
@@ -217,24 +282,51 @@ def train_families(
         record = get_family(family)
         settings = record.settings(params)
         with family_run(settings):
-            model = seeded_family(params, data, family, tuned_anchors=tuned_anchors, tuned_key=tuned_key, weights=weights)
-            result = train_detector(
-                model, params, data, prepared, ids["train"], None if validate is None else ids[validate], runtime,
-                checkpoint_dir / settings.name, identity={"fold": fold, "weights": weights_identity(weights)},
-                log=log, desc=f"{settings.name} {desc}".strip(), epochs=(epochs or {}).get(family),
+            model = seeded_family(
+                params,
+                data,
+                family,
+                tuned_anchors=tuned_anchors,
+                tuned_key=tuned_key,
+                weights=weights,
             )
-            tables = {part: predict_detector(model, params, data, prepared, ids[part], runtime, fold) for part in predict}
+            result = train_detector(
+                model,
+                params,
+                data,
+                prepared,
+                ids["train"],
+                None if validate is None else ids[validate],
+                runtime,
+                checkpoint_dir / settings.name,
+                identity={"fold": fold, "weights": weights_identity(weights)},
+                log=log,
+                desc=f"{settings.name} {desc}".strip(),
+                epochs=(epochs or {}).get(family),
+            )
+            tables = {
+                part: predict_detector(model, params, data, prepared, ids[part], runtime, fold)
+                for part in predict
+            }
             if not runtime.context.is_main:
                 continue
             head = record.global_head
             config = {
-                "fold": fold, "name": settings.name, "family": family, "image_size": params.image_size,
-                "class_names": data.class_names, "positive": data.positive if head else [],
+                "fold": fold,
+                "name": settings.name,
+                "family": family,
+                "image_size": params.image_size,
+                "class_names": data.class_names,
+                "positive": data.positive if head else [],
                 "image_class_names": data.image_class_names if head else [],
-                "decode": settings.decode.__dict__, "epochs": result.epochs,
+                "decode": settings.decode.__dict__,
+                "epochs": result.epochs,
             }
             if validate is not None:
-                config |= {"best_epoch": result.best_epoch, f"best_val_{params.monitor}": result.best_score}
+                config |= {
+                    "best_epoch": result.best_epoch,
+                    f"best_val_{params.monitor}": result.best_score,
+                }
             record.save(model_dir / settings.model_file, model, config)
             yield TrainedFamily(settings, model, config, result, tables)
 
@@ -262,7 +354,9 @@ def fold_best_epochs(folds_dir: Path, folds: Sequence[int], name: str) -> list[i
             raise CxrdetError(f"{path}: not found; run `dvc repro train_detector` first")
         models = json.loads(path.read_text()).get("models", {})
         if name not in models or "best_epoch" not in models[name]:
-            raise CxrdetError(f"{path}: no best epoch of {name!r}; rerun `dvc repro train_detector@{fold}`")
+            raise CxrdetError(
+                f"{path}: no best epoch of {name!r}; rerun `dvc repro train_detector@{fold}`"
+            )
         found.append(int(models[name]["best_epoch"]))
     return found
 
