@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 # Stages call `python`: put the venv first on PATH. Telemetry off for every tool.
 RUN := PATH="$(BIN):$$PATH" MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true NO_ALBUMENTATIONS_UPDATE=1
 
-.PHONY: setup lock demo test test-fast ui bench clean-venv
+.PHONY: setup lock demo lint test test-fast ui bench clean-venv
 
 setup: $(STAMP)
 
@@ -36,11 +36,16 @@ demo: setup
 	@echo "  metrics: results/ (also: $(VENV)/bin/dvc metrics show)"
 	@echo "  MLflow runs: mlruns/mlflow.db -> open the UI with 'make ui', then http://127.0.0.1:5000"
 
-test: setup
+# Style first (ruff lint + format, configured in pyproject.toml), then the tests.
+lint: setup
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+
+test: lint
 	$(RUN) python -m pytest -m "not slow"
 	$(RUN) python -m pytest -m slow
 
-test-fast: setup
+test-fast: lint
 	$(RUN) python -m pytest -m "not slow"
 
 ui: setup

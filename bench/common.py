@@ -49,7 +49,9 @@ class Row:
             self.ratio = self.ours / self.baseline
 
     @classmethod
-    def speedup(cls, measure: str, ours: float, baseline: float, unit: str = "s", **extra: Any) -> Row:
+    def speedup(
+        cls, measure: str, ours: float, baseline: float, unit: str = "s", **extra: Any
+    ) -> Row:
         """A duration row: the ratio is baseline / ours (how many times faster we are)."""
         return cls(measure, ours, baseline, unit, ratio=baseline / ours if ours else None, **extra)
 
@@ -63,18 +65,31 @@ class Report:
     machine: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"bench": self.bench, "context": self.context, "rows": [asdict(row) for row in self.rows],
-                "notes": self.notes, "machine": self.machine or machine()}
+        return {
+            "bench": self.bench,
+            "context": self.context,
+            "rows": [asdict(row) for row in self.rows],
+            "notes": self.notes,
+            "machine": self.machine or machine(),
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Report:
-        return cls(data["bench"], data["context"], [Row(**row) for row in data["rows"]], list(data.get("notes", [])),
-                   dict(data.get("machine", {})))
+        return cls(
+            data["bench"],
+            data["context"],
+            [Row(**row) for row in data["rows"]],
+            list(data.get("notes", [])),
+            dict(data.get("machine", {})),
+        )
 
 
 def machine() -> dict[str, Any]:
     """What the figures depend on: cores, load average at the time, torch threads if loaded."""
-    info: dict[str, Any] = {"cpus": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2)}
+    info: dict[str, Any] = {
+        "cpus": os.cpu_count(),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+    }
     torch = sys.modules.get("torch")
     if torch is not None:
         info["torch_threads"] = torch.get_num_threads()
@@ -83,11 +98,20 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def arguments(description: str | None, quick_help: str = "the small run the tests use") -> argparse.ArgumentParser:
+def arguments(
+    description: str | None, quick_help: str = "the small run the tests use"
+) -> argparse.ArgumentParser:
     """A parser with the two flags every bench script takes; add the script's own after."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help=quick_help)
-    parser.add_argument("--json", type=Path, metavar="OUT", help="also write the report as JSON (bench/run_all.py reads it)")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        metavar="OUT",
+        help="also write the report as JSON (bench/run_all.py reads it)",
+    )
     return parser
 
 
@@ -105,8 +129,15 @@ def rss(row: Row) -> str:
     return f"{number(row.ours_rss_mb)} / {number(row.baseline_rss_mb)}"
 
 
-COLUMNS = [("measure", "<"), ("ours", ">"), ("baseline", ">"), ("unit", "<"), ("ratio", ">"), ("target", ">"),
-           ("peak RSS MiB ours / base", ">")]
+COLUMNS = [
+    ("measure", "<"),
+    ("ours", ">"),
+    ("baseline", ">"),
+    ("unit", "<"),
+    ("ratio", ">"),
+    ("target", ">"),
+    ("peak RSS MiB ours / base", ">"),
+]
 
 
 def table(rows: list[Row], first: tuple[str, list[str]] | None = None) -> list[str]:
@@ -120,13 +151,23 @@ def table(rows: list[Row], first: tuple[str, list[str]] | None = None) -> list[s
             notes.append(f"  [{len(notes) + 1}] {row.measure}: {row.note}")
             measure = f"{row.measure} [{len(notes)}]"
         ratio = "-" if row.ratio is None else f"{row.ratio:.2f}x"
-        values = [measure, number(row.ours), number(row.baseline), row.unit, ratio, row.target or "-", rss(row)]
+        values = [
+            measure,
+            number(row.ours),
+            number(row.baseline),
+            row.unit,
+            ratio,
+            row.target or "-",
+            rss(row),
+        ]
         cells.append(([first[1][k]] if first else []) + values)
     titles = [title for title, _ in columns]
     widths = [max(len(value) for value in column) for column in zip(titles, *cells)]
 
     def line(values: list[str]) -> str:
-        return "  ".join(f"{value:{align}{width}}" for value, width, (_, align) in zip(values, widths, columns)).rstrip()
+        return "  ".join(
+            f"{value:{align}{width}}" for value, width, (_, align) in zip(values, widths, columns)
+        ).rstrip()
 
     return [line(titles)] + [line(values) for values in cells] + notes
 
@@ -147,7 +188,9 @@ class Measured:
     result: Any
     seconds: float  # wall time of the call inside the child (imports excluded)
     peak_rss_mb: float  # the child's own peak resident set
-    children_peak_rss_mb: float  # the largest peak of the processes the child started and waited for (0: none)
+    children_peak_rss_mb: (
+        float  # the largest peak of the processes the child started and waited for (0: none)
+    )
 
 
 def in_child(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Measured:
@@ -166,7 +209,9 @@ def in_child(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Measure
         status, payload = "error", "the process ended without an answer"
     process.join()
     if status != "ok":
-        raise RuntimeError(f"{function.__name__} failed in its spawned process (exit {process.exitcode}):\n{payload}")
+        raise RuntimeError(
+            f"{function.__name__} failed in its spawned process (exit {process.exitcode}):\n{payload}"
+        )
     return Measured(**payload)
 
 
@@ -175,9 +220,17 @@ def _child(sender: Any, function: Callable[..., Any], args: tuple, kwargs: dict)
         start = time.perf_counter()
         result = function(*args, **kwargs)
         seconds = time.perf_counter() - start
-        sender.send(("ok", {"result": result, "seconds": seconds,
-                            "peak_rss_mb": peak_rss_mb(),
-                            "children_peak_rss_mb": _maxrss_mb(resource.RUSAGE_CHILDREN)}))
+        sender.send(
+            (
+                "ok",
+                {
+                    "result": result,
+                    "seconds": seconds,
+                    "peak_rss_mb": peak_rss_mb(),
+                    "children_peak_rss_mb": _maxrss_mb(resource.RUSAGE_CHILDREN),
+                },
+            )
+        )
     except BaseException:  # noqa: BLE001 - the parent reports it
         sender.send(("error", traceback.format_exc()))
     finally:
@@ -197,7 +250,9 @@ def descendants_peak_rss_mb() -> float | None:
     parents: dict[int, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (name)": state, ppid, ...
+            fields = (
+                stat.read_text().rsplit(")", 1)[1].split()
+            )  # after "pid (name)": state, ppid, ...
         except OSError:
             continue  # ended while we looked
         parents[int(stat.parent.name)] = int(fields[1])

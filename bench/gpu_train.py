@@ -63,7 +63,6 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
-from common import Report, Row, arguments, emit, machine
 from torch.utils.data import DataLoader
 
 from cxrdet.config import DetectorParams, load_params
@@ -86,6 +85,8 @@ from cxrdet.train.distributed import DistContext
 from cxrdet.train.inference import predict_dataset
 from cxrdet.train.runtime import Runtime
 from cxrdet.train.seed import configure_determinism, seed_everything
+
+from common import Report, Row, arguments, emit, machine
 
 ROOT = Path(__file__).resolve().parents[1]
 RSNA_IMAGES = 26_684  # stage_2_train_labels.csv's images

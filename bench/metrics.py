@@ -190,7 +190,12 @@ def best_time(fn: Callable[[], float], repeat: int) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from common import Report, Row, arguments, emit  # bench/common.py; here, as the tests import this file
+    from common import (
+        Report,
+        Row,
+        arguments,
+        emit,
+    )  # bench/common.py; here, as the tests import this file
 
     parser = arguments(__doc__.splitlines()[0], "1,000 images, one timing each")
     args = parser.parse_args(argv)
@@ -223,14 +228,30 @@ def main(argv: list[str] | None = None) -> int:
         ours_s, ours_score = best_time(ours, repeat)
         base_s, base_score = best_time(baseline, repeat)
         if not np.isclose(ours_score, base_score, rtol=0, atol=1e-9):
-            print(f"{name}: scores differ: ours {ours_score!r}, baseline {base_score!r}", file=sys.stderr)
+            print(
+                f"{name}: scores differ: ours {ours_score!r}, baseline {base_score!r}",
+                file=sys.stderr,
+            )
             return 1
         # Timings vary with the machine's load: a missed target is reported, not fatal.
-        rows.append(Row.speedup(name, ours_s, base_s, target=f">= {target:g}x" if target else "",
-                                note=f"score {ours_score:.4f} (both)"))
-    emit(Report("metrics", f"{n_images} images, {len(truth)} truth boxes, {len(predictions)} predictions, best of "
-                f"{repeat}; baseline: the per-pair Python loops above (same score checked); ratio = baseline / ours",
-                rows), args.json)
+        rows.append(
+            Row.speedup(
+                name,
+                ours_s,
+                base_s,
+                target=f">= {target:g}x" if target else "",
+                note=f"score {ours_score:.4f} (both)",
+            )
+        )
+    emit(
+        Report(
+            "metrics",
+            f"{n_images} images, {len(truth)} truth boxes, {len(predictions)} predictions, best of "
+            f"{repeat}; baseline: the per-pair Python loops above (same score checked); ratio = baseline / ours",
+            rows,
+        ),
+        args.json,
+    )
     return 0
 
 

@@ -41,7 +41,14 @@ def synthetic_rsna(out: Path, images: int, size: int, seed: int = 1) -> Path:
     """`images` synthetic RSNA DICOMs of `size` px (the other demo formats kept minimal)."""
     from cxrdet.data.sources.synthetic import DemoSpec, synthesize
 
-    spec = DemoSpec(seed=seed, image_size=size, rsna_images=images, vinbigdata_images=1, nih_images=1, folder_images=1)
+    spec = DemoSpec(
+        seed=seed,
+        image_size=size,
+        rsna_images=images,
+        vinbigdata_images=1,
+        nih_images=1,
+        folder_images=1,
+    )
     synthesize(out, spec, progress=False)
     return out / "rsna"
 
@@ -65,7 +72,9 @@ def first_patients(raw: Path, out: Path, count: int) -> Path:
 
 def main() -> None:
     parser = arguments(__doc__)
-    parser.add_argument("--cache-size", type=int, default=256, help="cached image side (params: prepare.image_size)")
+    parser.add_argument(
+        "--cache-size", type=int, default=256, help="cached image side (params: prepare.image_size)"
+    )
     args = parser.parse_args()
     count, source_size = (32, 256) if args.quick else (160, 1024)
     small = count // 4
@@ -75,19 +84,50 @@ def main() -> None:
         raw = synthetic_rsna(root / "raw", count, source_size)
         one = in_child(prepare_cold, raw, root / "one", 1, args.cache_size)
         every = in_child(prepare_cold, raw, root / "all", cores, args.cache_size)
-        few = in_child(prepare_cold, first_patients(raw, root / "few", small), root / "out-few", 1, args.cache_size)
-    assert one.result == every.result == count and few.result == small, (one.result, every.result, few.result)
+        few = in_child(
+            prepare_cold,
+            first_patients(raw, root / "few", small),
+            root / "out-few",
+            1,
+            args.cache_size,
+        )
+    assert one.result == every.result == count and few.result == small, (
+        one.result,
+        every.result,
+        few.result,
+    )
     rows = [
-        Row(f"images/s, {cores} workers vs 1", count / every.seconds, count / one.seconds, "img/s",
-            target=f"~{cores}x", ours_rss_mb=every.peak_rss_mb, baseline_rss_mb=one.peak_rss_mb,
-            note=f"largest pool worker's peak RSS {every.children_peak_rss_mb:.0f} MiB"),
-        Row(f"peak RSS, {count} vs {small} images", one.peak_rss_mb, few.peak_rss_mb, "MiB", target="~1.0x",
-            ours_rss_mb=one.peak_rss_mb, baseline_rss_mb=few.peak_rss_mb,
+        Row(
+            f"images/s, {cores} workers vs 1",
+            count / every.seconds,
+            count / one.seconds,
+            "img/s",
+            target=f"~{cores}x",
+            ours_rss_mb=every.peak_rss_mb,
+            baseline_rss_mb=one.peak_rss_mb,
+            note=f"largest pool worker's peak RSS {every.children_peak_rss_mb:.0f} MiB",
+        ),
+        Row(
+            f"peak RSS, {count} vs {small} images",
+            one.peak_rss_mb,
+            few.peak_rss_mb,
+            "MiB",
+            target="~1.0x",
+            ours_rss_mb=one.peak_rss_mb,
+            baseline_rss_mb=few.peak_rss_mb,
             note=f"1 worker, {count / one.seconds:.1f} vs {small / few.seconds:.1f} img/s; streamed: memory must "
-                 "not grow with the number of images"),
+            "not grow with the number of images",
+        ),
     ]
-    emit(Report("prepare", f"{count} RSNA DICOMs {source_size} px -> {args.cache_size} px cache (memory: {count} vs "
-                f"{small} of them), {cores} cores; each prepare cold in a spawned process", rows), args.json)
+    emit(
+        Report(
+            "prepare",
+            f"{count} RSNA DICOMs {source_size} px -> {args.cache_size} px cache (memory: {count} vs "
+            f"{small} of them), {cores} cores; each prepare cold in a spawned process",
+            rows,
+        ),
+        args.json,
+    )
 
 
 if __name__ == "__main__":

@@ -51,14 +51,11 @@ import pandas as pd
 import torch
 import yaml
 from torch import nn
-from tqdm import tqdm
 from torchvision.models.detection import FasterRCNN as StockFasterRCNN
 from torchvision.models.detection import RetinaNet as StockRetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import MultiScaleRoIAlign
-
-from common import Report, Row, arguments, emit
-from detector import RATIOS, SCALES, TimmFpn
+from tqdm import tqdm
 
 from cxrdet.config import DetectorParams, TrainParams, deep_merge
 from cxrdet.data.datasets import CachedImages, Prepared, read_prepared
@@ -66,20 +63,17 @@ from cxrdet.data.detection import DetectionDataset, collate_detection
 from cxrdet.data.folds import HOLDOUT, make_folds
 from cxrdet.data.prepare import PrepareOptions, prepare_dataset
 from cxrdet.ensemble.recipe import EnsembleRecipe, Fusion, Gating, MemberPredictions, apply_recipe
+from cxrdet.families.task import DetectionTask
 from cxrdet.metrics import mean_average_precision, rsna_score
+from cxrdet.metrics.detection import best_threshold, rsna_by_threshold
 from cxrdet.models.retinanet import create_detector_backbone
 from cxrdet.models.two_stage import FpnBody
-from cxrdet.train.detector import (
-    DetectionTask,
-    best_threshold,
-    detector_data,
-    predict_detector,
-    rsna_by_threshold,
-    seeded_family,
-    train_detector,
-)
+from cxrdet.runtime.session import Runtime, start_runtime
+from cxrdet.train.detector import detector_data, predict_detector, seeded_family, train_detector
 from cxrdet.train.loop import fit
-from cxrdet.train.runtime import Runtime, start_runtime
+
+from common import Report, Row, arguments, emit
+from detector import RATIOS, SCALES, TimmFpn
 
 PROJECT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("CXRDET_NIH_BBOX", PROJECT.parent / "shared/data/nih-bbox"))
@@ -434,8 +428,8 @@ def stock_predictions(
     model: nn.Module, task: StockTask, parts: Parts, image_ids: list[str], size: int
 ) -> pd.DataFrame:
     from cxrdet.data.detection import boxes_to_original
-    from cxrdet.train.distributed import DistContext
-    from cxrdet.train.inference import predict_dataset
+    from cxrdet.runtime.distributed import DistContext
+    from cxrdet.runtime.inference import predict_dataset
 
     prepared = parts.prepared
     dataset = DetectionDataset(
@@ -482,8 +476,8 @@ def train_ours(
     workdir: Path,
 ) -> tuple[nn.Module, float, float, DetectorParams]:
     from cxrdet.data.box_augment import BoxAugmentSettings, detector_augmentation
-    from cxrdet.models.retinanet import RetinaNetLoss
-    from cxrdet.train.detector import family_settings, loss_config
+    from cxrdet.families import family_settings
+    from cxrdet.models.retinanet import RetinaNetLoss, loss_config
 
     prepared = parts.prepared
     data = detector_data(prepared, params)
@@ -499,7 +493,7 @@ def train_ours(
             RetinaNetLoss(model.box_coder, loss_config(params)), settings.decode, global_head=False
         )
     else:
-        from cxrdet.train.detector import TwoStageTask
+        from cxrdet.families.two_stage import TwoStageTask
 
         probe_task = TwoStageTask(settings.decode)
     schedule = schedule_for(

@@ -26,13 +26,17 @@ from common import Report, machine, table
 BENCH = Path(__file__).resolve().parent
 
 
-NOT_BENCHES = {Path(__file__).name, "readme.py"}  # tools beside the benchmarks: this runner, the README renderer
+NOT_BENCHES = {
+    Path(__file__).name,
+    "readme.py",
+}  # tools beside the benchmarks: this runner, the README renderer
 
 
 def scripts(folder: Path = BENCH) -> list[Path]:
     """The bench scripts in `folder`: *.py files with a __main__ block, except the tools."""
     return sorted(
-        path for path in folder.glob("*.py")
+        path
+        for path in folder.glob("*.py")
         if path.name not in NOT_BENCHES and '__name__ == "__main__"' in path.read_text()
     )
 
@@ -52,7 +56,9 @@ def run_one(script: Path, quick: bool, timeout: float) -> tuple[Report | None, s
             command += ["--json", str(out)]
         start = time.perf_counter()
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=BENCH.parent)
+            done = subprocess.run(
+                command, capture_output=True, text=True, timeout=timeout, cwd=BENCH.parent
+            )
         except subprocess.TimeoutExpired:
             return None, f"timed out after {timeout:.0f} s", time.perf_counter() - start
         seconds = time.perf_counter() - start
@@ -64,22 +70,40 @@ def run_one(script: Path, quick: bool, timeout: float) -> tuple[Report | None, s
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="each script's --quick mode (runnable, not real figures)")
-    parser.add_argument("--only", nargs="+", metavar="NAME", help="only these scripts (bench/NAME.py)")
-    parser.add_argument("--timeout", type=float, default=1800, help="seconds per script (default 1800)")
-    parser.add_argument("--json", type=Path, metavar="OUT", help="also write every report as one JSON file")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="each script's --quick mode (runnable, not real figures)",
+    )
+    parser.add_argument(
+        "--only", nargs="+", metavar="NAME", help="only these scripts (bench/NAME.py)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=1800, help="seconds per script (default 1800)"
+    )
+    parser.add_argument(
+        "--json", type=Path, metavar="OUT", help="also write every report as one JSON file"
+    )
     args = parser.parse_args()
     chosen = scripts()
     if args.only:
         unknown = sorted(set(args.only) - {path.stem for path in chosen})
         if unknown:
-            parser.error(f"no bench script named {', '.join(unknown)}; found: {', '.join(p.stem for p in chosen)}")
+            parser.error(
+                f"no bench script named {', '.join(unknown)}; found: {', '.join(p.stem for p in chosen)}"
+            )
         chosen = [path for path in chosen if path.stem in args.only]
     reports, raw, failed = [], [], []
     start = time.perf_counter()
     for script in chosen:
-        print(f"running bench/{script.name}{' --quick' if args.quick else ''} ...", file=sys.stderr, flush=True)
+        print(
+            f"running bench/{script.name}{' --quick' if args.quick else ''} ...",
+            file=sys.stderr,
+            flush=True,
+        )
         report, output, seconds = run_one(script, args.quick, args.timeout)
         print(f"  done in {seconds:.0f} s", file=sys.stderr, flush=True)
         if report is not None:
@@ -89,24 +113,41 @@ def main() -> int:
         else:
             raw.append((script.stem, output))
     info = machine()
-    print(f"benchmarks{' (quick mode: smoke figures, not real ones)' if args.quick else ''}: {info['cpus']} CPUs, "
-          f"load average {os.getloadavg()[0]:.1f} at the end, {time.perf_counter() - start:.0f} s in all; "
-          f"baselines measured in the same run on the same machine")
+    print(
+        f"benchmarks{' (quick mode: smoke figures, not real ones)' if args.quick else ''}: {info['cpus']} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f} at the end, {time.perf_counter() - start:.0f} s in all; "
+        f"baselines measured in the same run on the same machine"
+    )
     for report in reports:
         print(f"  {report.bench}: {report.context}")
     rows = [row for report in reports for row in report.rows]
     print()
-    print("\n".join(table(rows, ("bench", [report.bench for report in reports for _ in report.rows]))))
+    print(
+        "\n".join(table(rows, ("bench", [report.bench for report in reports for _ in report.rows])))
+    )
     for report in reports:
         for note in report.notes:
             print(f"note ({report.bench}): {note}")
     for name, output in raw:
-        print(f"\nbench/{name}.py does not write --json (not in the table); its output:\n{output.rstrip()}")
+        print(
+            f"\nbench/{name}.py does not write --json (not in the table); its output:\n{output.rstrip()}"
+        )
     for failure in failed:
         print(f"\nFAILED {failure}")
     if args.json is not None:
-        args.json.write_text(json.dumps({"quick": args.quick, "machine": info, "reports": [r.to_json() for r in reports],
-                                         "unjoined": dict(raw), "failed": failed}, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "quick": args.quick,
+                    "machine": info,
+                    "reports": [r.to_json() for r in reports],
+                    "unjoined": dict(raw),
+                    "failed": failed,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return 1 if failed else 0
 
 

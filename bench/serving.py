@@ -25,22 +25,26 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from common import Report, Row, arguments, descendants_peak_rss_mb, emit, peak_rss_mb
 
 from cxrdet.config import Params, validate_params
 from cxrdet.data.sources.synthetic import DemoSpec, synthesize
 from cxrdet.ensemble import EnsembleRecipe
 from cxrdet.infer.predictor import PredictorSpec, save_bundle
 from cxrdet.models.classifier import build_classifier, save_classifier
-from cxrdet.models.retinanet import save_detector
+from cxrdet.models.retinanet import build_retinanet, decode_config, save_detector
 from cxrdet.serving.inputs import frame_of, png_example
 from cxrdet.serving.package import save_ensemble
 from cxrdet.serving.server import invoke, model_server
 from cxrdet.train.classifier import OPACITY_CLASSES
-from cxrdet.train.detector import build_detector, decode_config
+
+from common import Report, Row, arguments, descendants_peak_rss_mb, emit, peak_rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
-RSNA_LABELS = ["Normal", "No Lung Opacity / Not Normal", "Lung Opacity"]  # what the demo's prepare writes
+RSNA_LABELS = [
+    "Normal",
+    "No Lung Opacity / Not Normal",
+    "Lung Opacity",
+]  # what the demo's prepare writes
 BOX_CLASSES = ["Lung Opacity"]
 
 
@@ -65,35 +69,77 @@ def untrained_bundle(params: Params, out: Path, seed: int = 0) -> Path:
         for variant in params.classifier.variants:
             names, positive = heads[variant.target]
             relative = f"models/classifier/fold{fold}/{variant.name}.pt"
-            config = {"backbone": variant.backbone, "num_classes": len(names), "drop_rate": 0.0, "variant": variant.name,
-                      "fold": fold, "target": variant.target, "image_size": variant.image_size,
-                      "class_names": names, "positive": positive}
-            save_classifier(source / relative, build_classifier(variant.backbone, len(names)), config)
+            config = {
+                "backbone": variant.backbone,
+                "num_classes": len(names),
+                "drop_rate": 0.0,
+                "variant": variant.name,
+                "fold": fold,
+                "target": variant.target,
+                "image_size": variant.image_size,
+                "class_names": names,
+                "positive": positive,
+            }
+            save_classifier(
+                source / relative, build_classifier(variant.backbone, len(names)), config
+            )
             classifiers.append(relative)
     detector = params.detector
     image_classes, positive = heads[detector.global_head]
     for fold in detector.folds:
         relative = f"models/detector/fold{fold}/model.pt"
-        config = {"fold": fold, "name": detector.name, "image_size": detector.image_size, "class_names": BOX_CLASSES,
-                  "image_class_names": image_classes, "positive": positive, "decode": asdict(decode_config(detector))}
-        save_detector(source / relative, build_detector(detector, len(BOX_CLASSES), len(image_classes)), config)
+        config = {
+            "fold": fold,
+            "name": detector.name,
+            "image_size": detector.image_size,
+            "class_names": BOX_CLASSES,
+            "image_class_names": image_classes,
+            "positive": positive,
+            "decode": asdict(decode_config(detector)),
+        }
+        save_detector(
+            source / relative,
+            build_retinanet(detector, len(BOX_CLASSES), len(image_classes)),
+            config,
+        )
         detectors.append(relative)
     prepare = params.prepare
     spec = PredictorSpec(
-        preprocess={"size": prepare.image_size, "low_percentile": prepare.low_percentile,
-                    "high_percentile": prepare.high_percentile},
-        fmt="rsna", class_names=BOX_CLASSES, classifier_tta=params.classifier.tta.model_dump(),
-        detector_tta={"hflip": detector.tta.hflip, "scales": list(detector.tta.scales), "batch_size": detector.tta.batch_size},
+        preprocess={
+            "size": prepare.image_size,
+            "low_percentile": prepare.low_percentile,
+            "high_percentile": prepare.high_percentile,
+        },
+        fmt="rsna",
+        class_names=BOX_CLASSES,
+        classifier_tta=params.classifier.tta.model_dump(),
+        detector_tta={
+            "hflip": detector.tta.hflip,
+            "scales": list(detector.tta.scales),
+            "batch_size": detector.tta.batch_size,
+        },
         recipe=EnsembleRecipe.from_params(params.ensemble.model_dump()).to_dict(),
-        classifiers=classifiers, detectors=detectors, source={"source": "untrained"},
+        classifiers=classifiers,
+        detectors=detectors,
+        source={"source": "untrained"},
     )
     return save_bundle(spec, source, out)
 
 
 def demo_dicom(folder: Path, size: int) -> Path:
     """One synthetic RSNA DICOM of `size` pixels (the smallest demo draw of every format)."""
-    synthesize(folder, DemoSpec(seed=3, image_size=size, rsna_images=1, vinbigdata_images=1, nih_images=1,
-                                folder_images=1), progress=False)
+    synthesize(
+        folder,
+        DemoSpec(
+            seed=3,
+            image_size=size,
+            rsna_images=1,
+            vinbigdata_images=1,
+            nih_images=1,
+            folder_images=1,
+        ),
+        progress=False,
+    )
     return next((folder / "rsna").rglob("*.dcm"))
 
 
@@ -104,7 +150,9 @@ def percentiles(seconds: list[float]) -> tuple[float, float]:
 
 def main() -> None:
     parser = arguments(__doc__, quick_help="a 256 px image, 5 requests each")
-    parser.add_argument("--model", help="a model URI to serve instead of the untrained params.yaml ensemble")
+    parser.add_argument(
+        "--model", help="a model URI to serve instead of the untrained params.yaml ensemble"
+    )
     args = parser.parse_args()
     size, requests = (256, 5) if args.quick else (1024, 30)
     import mlflow
@@ -117,8 +165,13 @@ def main() -> None:
         if uri is None:
             params = flowing_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
             bundle = untrained_bundle(params, work / "bundle")
-            preprocess = {"low_percentile": params.prepare.low_percentile, "high_percentile": params.prepare.high_percentile}
-            example = pd.DataFrame({"image_id": ["example"], "image": [png_example(dicom, preprocess, 64)]})
+            preprocess = {
+                "low_percentile": params.prepare.low_percentile,
+                "high_percentile": params.prepare.high_percentile,
+            }
+            example = pd.DataFrame(
+                {"image_id": ["example"], "image": [png_example(dicom, preprocess, 64)]}
+            )
             uri = str(save_ensemble(bundle, example, work / "model"))
         model = mlflow.pyfunc.load_model(uri)
         local, served = [], []
@@ -137,15 +190,35 @@ def main() -> None:
             server_rss = descendants_peak_rss_mb()  # the server's worker holds the model
         in_process_rss = peak_rss_mb()  # this process: the loaded model and its predictions
     rows = [
-        Row(f"{name} latency, 1 image", server, in_process, "ms", ratio=server / in_process, target="~1.0x",
-            ours_rss_mb=server_rss, baseline_rss_mb=in_process_rss)
+        Row(
+            f"{name} latency, 1 image",
+            server,
+            in_process,
+            "ms",
+            ratio=server / in_process,
+            target="~1.0x",
+            ours_rss_mb=server_rss,
+            baseline_rss_mb=in_process_rss,
+        )
         for name, server, in_process in zip(("p50", "p95"), percentiles(served), percentiles(local))
     ]
-    context = (f"one {size} px DICOM per request ({frame['image'].str.len().iloc[0] / 1e6:.2f} MB base64), {requests} "
-               f"requests; model {args.model or 'untrained params.yaml ensemble'}; {torch.get_num_threads()} CPU threads")
-    emit(Report("serving", context, rows, ["ours = through `mlflow models serve --env-manager local` (1 worker), "
-                                            "baseline = the same model's predict in process; ratio = ours / baseline "
-                                            "(what HTTP, JSON and the server add; 1.0 = nothing)"]), args.json)
+    context = (
+        f"one {size} px DICOM per request ({frame['image'].str.len().iloc[0] / 1e6:.2f} MB base64), {requests} "
+        f"requests; model {args.model or 'untrained params.yaml ensemble'}; {torch.get_num_threads()} CPU threads"
+    )
+    emit(
+        Report(
+            "serving",
+            context,
+            rows,
+            [
+                "ours = through `mlflow models serve --env-manager local` (1 worker), "
+                "baseline = the same model's predict in process; ratio = ours / baseline "
+                "(what HTTP, JSON and the server add; 1.0 = nothing)"
+            ],
+        ),
+        args.json,
+    )
 
 
 if __name__ == "__main__":

@@ -1,55 +1,19 @@
-"""DVC stage `prepare@<dataset>`: raw dataset -> canonical tables + image cache."""
+"""DVC stage `prepare` (dvc.yaml): its flow is cxrdet.stages.prepare.run; this script only parses
+its arguments and calls it."""
 
 from __future__ import annotations
 
 import argparse
 
-import mlflow
-
-from cxrdet.config import load_params
-from cxrdet.data.prepare import PrepareOptions, prepare_dataset
-from cxrdet.errors import ConfigError, exit_code_of
+from cxrdet.errors import exit_code_of
 from cxrdet.paths import project_root
-from cxrdet.tracking.runs import log_numeric, stage_run
+from cxrdet.stages import prepare as stage
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=stage.__doc__)
     parser.add_argument("--dataset", required=True, help="a key of params.yaml `data`")
-    name = parser.parse_args().dataset
-    root = project_root()
-    params = load_params(root / "params.yaml")
-    dataset = getattr(params.data, name, None)
-    if dataset is None:
-        raise ConfigError(f"data.{name}: not in params.yaml, nothing to prepare")
-    options = PrepareOptions(
-        image_size=params.prepare.image_size,
-        workers=params.prepare.workers,
-        low_percentile=params.prepare.low_percentile,
-        high_percentile=params.prepare.high_percentile,
-        max_rejected_fraction=params.prepare.max_rejected_fraction,
-        on_bad_rows=dataset.on_bad_rows,
-        fuse_readers=dataset.fuse_readers,
-        fuse_iou=dataset.fuse_iou,
-        sample_grid=params.prepare.sample_grid,
-        seed=params.split.seed,
-    )
-    with stage_run(
-        "prepare",
-        root=root,
-        experiment=params.tracking.experiment,
-        params={"data": dataset.model_dump(), "prepare": params.prepare.model_dump()},
-        tags={"cxrdet.dataset": name},
-        run_name=f"prepare@{name}",
-        tracking_uri=params.tracking.tracking_uri,
-    ):
-        prepared = prepare_dataset(dataset.format, root / dataset.raw_dir, root / "data/prepared" / name, options)
-        mlflow.set_tag("cxrdet.data_hash", prepared.info["data_hash"])
-        log_numeric(prepared.stats)
-        for artifact in ("dataset.json", "stats.json", "rejected.csv", "samples.png"):
-            if (prepared.out_dir / artifact).exists():
-                mlflow.log_artifact(str(prepared.out_dir / artifact))
-    print(f"prepared {prepared.stats['n_images']} images -> {prepared.out_dir}")
+    stage.run(project_root(), parser.parse_args().dataset)
 
 
 if __name__ == "__main__":

@@ -1,119 +1,15 @@
-"""DVC stage `pretrain`: a backbone for every backbone of `classifier.variants` (and the
-detector's, with detector.weights: pretrain).
-
-pretrain.source nih: train it on data.pretrain (15 sigmoid outputs); file: import a
-weights file (strict key check); imagenet: timm's ImageNet weights (a download); none:
-seeded random weights (training from scratch). Only nih reads data/prepared/pretrain.
-Writes models/pretrained/<backbone>.pt and results/pretrain/metrics.json (per-label AUCs).
-"""
+"""DVC stage `pretrain` (dvc.yaml): its flow is cxrdet.stages.pretrain.run; this script only parses
+its arguments and calls it."""
 
 from __future__ import annotations
 
-import shutil
-from contextlib import nullcontext
-
-import mlflow
-
-from cxrdet.config import load_params
-from cxrdet.data.datasets import read_prepared
 from cxrdet.errors import exit_code_of
-from cxrdet.io import write_json
-from cxrdet.models.backbone import check_timm_name, create_backbone, save_backbone
 from cxrdet.paths import project_root
-from cxrdet.tracking.runs import log_numeric, stage_run
-from cxrdet.train.classifier import pretrain_backbone, pretrain_summary
-from cxrdet.train.runtime import start_runtime, stop_runtime
-from cxrdet.train.seed import seed_everything
-
-CHECKPOINTS = "models/checkpoints/pretrain"
+from cxrdet.stages import pretrain as stage
 
 
 def main() -> None:
-    root = project_root()
-    params = load_params(root / "params.yaml")
-    pretrain = params.pretrain
-    keys = params.pretrained_backbones()  # errors name the params key of each backbone
-    for backbone, key in keys.items():
-        check_timm_name(backbone, key)
-    runtime = start_runtime(params.train)
-    main_process = runtime.context.is_main
-    prepared = read_prepared(root / "data/prepared/pretrain") if pretrain.source == "nih" else None
-    tags = {"cxrdet.source": pretrain.source}
-    if prepared is not None:
-        tags |= {"cxrdet.dataset": "pretrain", "cxrdet.data_hash": prepared.info["data_hash"]}
-    run = (
-        stage_run(
-            "pretrain",
-            root=root,
-            experiment=params.tracking.experiment,
-            tags=tags,
-            params={
-                "pretrain": pretrain.model_dump(),
-                "train": params.train.model_dump(),
-                "backbones": sorted(keys),
-            },
-            tracking_uri=params.tracking.tracking_uri,
-        )
-        if main_process
-        else nullcontext()
-    )
-    metrics: dict = {"source": pretrain.source}
-    try:
-        with run:
-            for backbone in sorted(keys):
-                origin: dict = {"source": pretrain.source}
-                if prepared is not None:
-                    log = (
-                        (lambda values, step, name=backbone: log_numeric(values, f"{name}.", step))
-                        if main_process
-                        else None
-                    )
-                    model, result = pretrain_backbone(
-                        backbone,
-                        prepared,
-                        pretrain,
-                        runtime,
-                        root / CHECKPOINTS / backbone,
-                        keys[backbone],
-                        log,
-                    )
-                    body, metrics[backbone] = model.backbone, pretrain_summary(result)
-                    origin |= {
-                        "data_hash": prepared.info["data_hash"],
-                        "image_size": pretrain.image_size,
-                    }
-                elif pretrain.source == "file":
-                    origin["file"] = pretrain.weights[backbone]
-                    body = create_backbone(
-                        backbone,
-                        pretrained_path=root / origin["file"],
-                        param_key=f"pretrain.weights.{backbone}",
-                    )
-                elif pretrain.source == "none":  # from scratch: seeded random weights
-                    origin["seed"] = pretrain.optim.seed
-                    seed_everything(pretrain.optim.seed)
-                    body = create_backbone(backbone, param_key=keys[backbone])
-                else:
-                    body = create_backbone(
-                        backbone,
-                        imagenet=True,
-                        allow_download=pretrain.allow_download,
-                        param_key="pretrain.allow_download",
-                    )
-                if main_process:
-                    save_backbone(
-                        root / "models/pretrained" / f"{backbone}.pt", body, backbone, **origin
-                    )
-            if main_process:
-                write_json(metrics, root / "results/pretrain/metrics.json")
-                log_numeric(metrics)
-                mlflow.log_artifact(str(root / "results/pretrain/metrics.json"))
-                # Checkpoints only serve to resume a killed run; a finished stage starts afresh.
-                shutil.rmtree(root / CHECKPOINTS, ignore_errors=True)
-    finally:
-        stop_runtime()
-    if main_process:
-        print(f"pretrain ({pretrain.source}): {', '.join(sorted(keys))} -> models/pretrained/")
+    stage.run(project_root())
 
 
 if __name__ == "__main__":

@@ -1,50 +1,15 @@
-"""DVC stage `split`: stratified patient-grouped folds + holdout of the detect dataset."""
+"""DVC stage `split` (dvc.yaml): its flow is cxrdet.stages.split.run; this script only parses
+its arguments and calls it."""
 
 from __future__ import annotations
 
-import json
-
-import mlflow
-import pandas as pd
-
-from cxrdet.config import load_params
-from cxrdet.data.folds import make_folds, split_stats
 from cxrdet.errors import exit_code_of
-from cxrdet.io import write_json, write_parquet
 from cxrdet.paths import project_root
-from cxrdet.tracking.runs import log_numeric, stage_run
+from cxrdet.stages import split as stage
 
 
 def main() -> None:
-    root = project_root()
-    params = load_params(root / "params.yaml")
-    prepared = root / "data/prepared/detect"
-    images = pd.read_parquet(prepared / "images.parquet")
-    boxes = pd.read_parquet(prepared / "boxes.parquet")
-    info = json.loads((prepared / "dataset.json").read_text())
-    with stage_run(
-        "split",
-        root=root,
-        experiment=params.tracking.experiment,
-        params={"split": params.split.model_dump()},
-        tags={"cxrdet.dataset": "detect", "cxrdet.data_hash": info["data_hash"]},
-        tracking_uri=params.tracking.tracking_uri,
-    ):
-        split = make_folds(
-            images,
-            boxes,
-            folds=params.split.folds,
-            holdout_fraction=params.split.holdout_fraction,
-            seed=params.split.seed,
-            max_box_count=params.split.max_box_count,
-            group_by_patient=params.split.group_by_patient,
-        )
-        stats = split_stats(split, images)
-        write_parquet(split, root / "data/split/folds.parquet")
-        write_json(stats, root / "results/split/split.json")
-        log_numeric(stats)
-        mlflow.log_artifact(str(root / "results/split/split.json"))
-    print(f"split {len(split)} images into {params.split.folds} folds + holdout -> data/split/")
+    stage.run(project_root())
 
 
 if __name__ == "__main__":

@@ -1,117 +1,19 @@
-"""DVC stage `train_detector@<fold>`: every family of `detector.families` (the RetinaNet with
-the tuned anchors; the deformable two-stage detector) trained on the other folds, one after
-the other through the same loop, validated by the RSNA score every epoch (best checkpoint
-kept, resumed when killed), then their TTA predictions on this fold (out-of-fold) and on
-the holdout.
-
-Runs as one process or under `torchrun --nproc-per-node=N` (DDP); only rank 0 writes
-files and logs to MLflow (a nested run per family). Writes models/detector/fold<k>/model.pt
-(RetinaNet) and two_stage.pt, results/detector/folds/fold<k>/{oof,holdout}_{boxes,images}.parquet
-(the contract is in cxrdet.infer.detector_tta; every family's rows, told apart by `model`)
-and metrics.json (the first family's scores at the top, every family's under "models").
-"""
+"""DVC stage `train_detector` (dvc.yaml): its flow is cxrdet.stages.train_detector.run; this script only parses
+its arguments and calls it."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
-from contextlib import nullcontext
 
-import mlflow
-import pandas as pd
-
-from cxrdet.config import load_params
-from cxrdet.data.datasets import read_prepared
-from cxrdet.data.folds import HOLDOUT
-from cxrdet.errors import ConfigError, CxrdetError, exit_code_of
-from cxrdet.io import write_json, write_parquet
+from cxrdet.errors import exit_code_of
 from cxrdet.paths import project_root
-from cxrdet.tracking.runs import log_numeric, stage_run
-from cxrdet.train.detector import backbone_source, detector_data, train_families, truth_boxes, view_rsna
-from cxrdet.train.runtime import start_runtime, stop_runtime
-
-ANCHORS = "results/tuning/anchors.json"
+from cxrdet.stages import train_detector as stage
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=stage.__doc__)
     parser.add_argument("--fold", type=int, required=True, help="one of params.yaml detector.folds")
-    fold = parser.parse_args().fold
-    root = project_root()
-    params = load_params(root / "params.yaml")
-    detector = params.detector
-    if fold not in detector.folds:
-        raise ConfigError(f"detector.folds: fold {fold} is not listed ({detector.folds})")
-    anchors_path = root / ANCHORS
-    if not anchors_path.is_file():
-        raise CxrdetError(f"{anchors_path}: not found; run `dvc repro tune_anchors` first")
-    tuned = json.loads(anchors_path.read_text())
-    prepared = read_prepared(root / "data/prepared/detect")
-    split = pd.read_parquet(root / "data/split/folds.parquet")
-    ids = {
-        "train": split.loc[(split["fold"] != fold) & (split["fold"] != HOLDOUT), "image_id"].tolist(),
-        "oof": split.loc[split["fold"] == fold, "image_id"].tolist(),
-        "holdout": split.loc[split["fold"] == HOLDOUT, "image_id"].tolist(),
-    }
-    stage = f"train_detector@{fold}"
-    checkpoints = root / "models/checkpoints" / stage
-    results = root / "results/detector/folds" / f"fold{fold}"
-    runtime = start_runtime(params.train)
-    main_process = runtime.context.is_main
-    tags = {"cxrdet.dataset": "detect", "cxrdet.data_hash": prepared.info["data_hash"], "cxrdet.fold": str(fold),
-            "cxrdet.model": detector.name}
-    run = stage_run(
-        "train_detector", root=root, experiment=params.tracking.experiment, run_name=stage, tags=tags,
-        params={"detector": detector.model_dump(), "train": params.train.model_dump(), "anchors": tuned,
-                "world_size": runtime.context.world_size},
-        tracking_uri=params.tracking.tracking_uri,
-    ) if main_process else nullcontext()
-    try:
-        with run:
-            data = detector_data(prepared, detector)
-            weights = backbone_source(detector, root / "models/pretrained", params.pretrain.allow_download)
-            parts: dict[str, list[tuple[pd.DataFrame, pd.DataFrame]]] = {"oof": [], "holdout": []}
-            scores: dict[str, dict[str, float]] = {}
-            trained = train_families(
-                detector, data, prepared, ids, runtime, fold=fold, validate="oof", predict=list(parts),
-                model_dir=root / "models/detector" / f"fold{fold}", checkpoint_dir=checkpoints, weights=weights,
-                tuned_anchors=tuned, tuned_key=ANCHORS,
-                family_run=lambda settings: mlflow.start_run(
-                    run_name=f"{stage}/{settings.name}", nested=True,
-                    tags={**tags, "cxrdet.stage": "train_detector", "cxrdet.model": settings.name},
-                ) if main_process else nullcontext(),
-                log=(lambda values, step: log_numeric(values, step=step)) if main_process else None,
-                desc=f"fold {fold}",
-            )
-            for done in trained:  # the main process only, each inside its family's nested run
-                name, tables, result = done.settings.name, done.tables, done.result
-                for part, table in tables.items():
-                    parts[part].append(table)
-                oof_score, threshold = view_rsna(truth_boxes(prepared, ids["oof"]), tables["oof"][0])
-                holdout_score, _ = view_rsna(truth_boxes(prepared, ids["holdout"]), tables["holdout"][0], threshold=threshold)
-                scores[name] = {
-                    "best_epoch": result.best_epoch, f"best_val_{detector.monitor}": result.best_score,
-                    "oof_rsna_score": oof_score, "oof_rsna_threshold": threshold, "holdout_rsna_score": holdout_score,
-                }
-                log_numeric(scores[name])
-                print(f"fold {fold}: out-of-fold RSNA {oof_score:.4f} ({name}, original view, "
-                      f"score >= {threshold}), holdout {holdout_score:.4f}")
-            if main_process:
-                for part, tables in parts.items():
-                    write_parquet(pd.concat([boxes for boxes, _ in tables], ignore_index=True), results / f"{part}_boxes.parquet")
-                    write_parquet(pd.concat([images for _, images in tables], ignore_index=True), results / f"{part}_images.parquet")
-                metrics = {
-                    "fold": fold, **next(iter(scores.values())), "models": scores,
-                    "n_oof": len(ids["oof"]), "n_holdout": len(ids["holdout"]),
-                }
-                write_json(metrics, results / "metrics.json")
-                log_numeric(metrics)
-                mlflow.log_artifact(str(results / "metrics.json"))
-                shutil.rmtree(checkpoints, ignore_errors=True)  # only a killed run resumes
-                print(f"fold {fold}: {', '.join(scores)} -> {results}")
-    finally:
-        stop_runtime()
+    stage.run(project_root(), parser.parse_args().fold)
 
 
 if __name__ == "__main__":

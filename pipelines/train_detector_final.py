@@ -1,152 +1,16 @@
-"""DVC stage `train_detector_final`: after cross-validation, every family of `detector.families`
-trained once more on every non-holdout image (params' `detector_final`), the usual last step
-when data are few. The fold models stay what tune_ensemble tunes on (their out-of-fold
-predictions); evaluate, register and `cxrdet predict` use these final models instead of the
-fold models (cxrdet.infer.predictor.project_spec): one model per family and image, so the
-ensemble has no fold fusion (it only merges the families when there are several).
-
-Same families, recipe and loop as train_detector@<fold> (cxrdet.train.detector.train_families),
-with no validation split: no best epoch, the last epoch's weights are kept; a killed run
-resumes from models/checkpoints/train_detector_final/<model>/last.pt. Epochs: per family
-cxrdet.train.detector.final_epochs (detector_final.epochs; null: as its folds trained, from
-results/detector/folds/fold<k>/metrics.json). Runs under `torchrun` as the fold stage does.
-
-Writes models/detector/final/ (model.pt, two_stage.pt: the fold stage's model files, config
-fold = FINAL_FOLD; final.json, the marker project_spec checks),
-results/detector/final/holdout_{boxes,images}.parquet (the cxrdet.infer.detector_tta
-contract, `fold` = FINAL_FOLD) and metrics.json. Disabled (detector_final.enabled false, the
-demo's default; DVC cannot skip a stage): only the marker {"enabled": false}, empty tables
-with the contract's columns and metrics.json {"enabled": false}, in seconds.
-"""
+"""DVC stage `train_detector_final` (dvc.yaml): its flow is cxrdet.stages.train_detector_final.run; this script only parses
+its arguments and calls it."""
 
 from __future__ import annotations
 
-import json
-import shutil
-from contextlib import nullcontext
-from pathlib import Path
-
-import mlflow
-import pandas as pd
-
-from cxrdet.config import load_params
-from cxrdet.data.datasets import read_prepared
-from cxrdet.data.folds import HOLDOUT
-from cxrdet.errors import CxrdetError, exit_code_of
-from cxrdet.infer.detector_tta import BOX_COLUMNS, FINAL_FOLD, KEY_COLUMNS
-from cxrdet.infer.predictor import FINAL_DIR, FINAL_MARKER
-from cxrdet.io import write_json, write_parquet
+from cxrdet.errors import exit_code_of
 from cxrdet.paths import project_root
-from cxrdet.tracking.runs import log_numeric, stage_run
-from cxrdet.train.detector import (
-    backbone_source,
-    detector_data,
-    family_settings,
-    final_epochs,
-    fold_best_epochs,
-    train_families,
-)
-from cxrdet.train.runtime import start_runtime, stop_runtime
-
-STAGE = "train_detector_final"
-ANCHORS = "results/tuning/anchors.json"
-FOLDS = "results/detector/folds"
-RESULTS = "results/detector/final"
+from cxrdet.stages import train_detector_final as stage
 
 
 def main() -> None:
-    root = project_root()
-    params = load_params(root / "params.yaml")
-    if not params.detector_final.enabled:
-        write_disabled(root)
-        return
-    detector = params.detector
-    anchors_path = root / ANCHORS
-    if not anchors_path.is_file():
-        raise CxrdetError(f"{anchors_path}: not found; run `dvc repro tune_anchors` first")
-    tuned = json.loads(anchors_path.read_text())
-    # Per family: its folds' best epochs (reported; with epochs null they may set the count).
-    best = {family: fold_best_epochs(root / FOLDS, detector.folds, family_settings(detector, family).name)
-            for family in detector.families}
-    epochs = {family: final_epochs(family_settings(detector, family).optim, best[family], params.detector_final.epochs)
-              for family in detector.families}
-    prepared = read_prepared(root / "data/prepared/detect")
-    split = pd.read_parquet(root / "data/split/folds.parquet")
-    ids = {"train": split.loc[split["fold"] != HOLDOUT, "image_id"].tolist(),
-           "holdout": split.loc[split["fold"] == HOLDOUT, "image_id"].tolist()}
-    runtime = start_runtime(params.train)
-    main_process = runtime.context.is_main
-    tags = {"cxrdet.dataset": "detect", "cxrdet.data_hash": prepared.info["data_hash"], "cxrdet.fold": "final",
-            "cxrdet.model": detector.name}
-    run = stage_run(
-        STAGE, root=root, experiment=params.tracking.experiment, tags=tags,
-        params={"detector": detector.model_dump(), "detector_final": params.detector_final.model_dump(),
-                "train": params.train.model_dump(), "anchors": tuned, "epochs": epochs,
-                "world_size": runtime.context.world_size},
-        tracking_uri=params.tracking.tracking_uri,
-    ) if main_process else nullcontext()
-    checkpoints = root / "models/checkpoints" / STAGE
-    models, results = root / FINAL_DIR, root / RESULTS
-    try:
-        with run:
-            data = detector_data(prepared, detector)
-            weights = backbone_source(detector, root / "models/pretrained", params.pretrain.allow_download)
-            tables: list[tuple[pd.DataFrame, pd.DataFrame]] = []
-            scores: dict[str, dict[str, float]] = {}
-            trained = train_families(
-                detector, data, prepared, ids, runtime, fold=FINAL_FOLD, validate=None, predict=["holdout"],
-                model_dir=models, checkpoint_dir=checkpoints, weights=weights, tuned_anchors=tuned,
-                tuned_key=ANCHORS, epochs=epochs,
-                family_run=lambda settings: mlflow.start_run(
-                    run_name=f"{STAGE}/{settings.name}", nested=True,
-                    tags={**tags, "cxrdet.stage": STAGE, "cxrdet.model": settings.name},
-                ) if main_process else nullcontext(),
-                log=(lambda values, step: log_numeric(values, step=step)) if main_process else None,
-                desc="final",
-            )
-            for done in trained:  # the main process only, each inside its family's nested run
-                tables.append(done.tables["holdout"])
-                history = done.result.history
-                scores[done.settings.name] = {
-                    "epochs": done.result.epochs, "fold_best_epochs": best[done.settings.family],
-                    "last_train_loss": history[-1]["train_loss"] if history else float("nan"),
-                    "file": done.settings.model_file,
-                }
-                log_numeric({key: scores[done.settings.name][key] for key in ("epochs", "last_train_loss")})
-                print(f"final {done.settings.name}: {done.result.epochs} epochs on {len(ids['train'])} images "
-                      f"(folds' best epochs {best[done.settings.family]}) -> {models / done.settings.model_file}")
-            if main_process:
-                write_parquet(pd.concat([boxes for boxes, _ in tables], ignore_index=True), results / "holdout_boxes.parquet")
-                write_parquet(pd.concat([images for _, images in tables], ignore_index=True), results / "holdout_images.parquet")
-                metrics = {"enabled": True, "fold": FINAL_FOLD, "models": scores,
-                           "n_train": len(ids["train"]), "n_holdout": len(ids["holdout"])}
-                write_json(metrics, results / "metrics.json")
-                write_json(metrics, models / FINAL_MARKER)
-                mlflow.log_artifact(str(results / "metrics.json"))
-                keep_only(models, {FINAL_MARKER, *(entry["file"] for entry in scores.values())})
-                shutil.rmtree(checkpoints, ignore_errors=True)  # only a killed run resumes
-                print(f"final: {', '.join(scores)} -> {models}, {results}")
-    finally:
-        stop_runtime()
-
-
-def write_disabled(root: Path) -> None:
-    """The outputs of a disabled stage: the marker, empty tables with the contract's columns."""
-    disabled = {"enabled": False}
-    write_parquet(pd.DataFrame(columns=BOX_COLUMNS), root / RESULTS / "holdout_boxes.parquet")
-    write_parquet(pd.DataFrame(columns=KEY_COLUMNS), root / RESULTS / "holdout_images.parquet")
-    write_json(disabled, root / RESULTS / "metrics.json")
-    write_json(disabled, root / FINAL_DIR / FINAL_MARKER)
-    keep_only(root / FINAL_DIR, {FINAL_MARKER})
-    print(f"detector_final.enabled is false: evaluate, register and predict use the fold detectors -> {root / FINAL_DIR}")
-
-
-def keep_only(directory: Path, names: set[str]) -> None:
-    """Remove what an earlier run left in `directory` (e.g. a family no longer trained)."""
-    for path in directory.iterdir():
-        if path.name not in names:
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    stage.run(project_root())
 
 
 if __name__ == "__main__":
-    raise SystemExit(exit_code_of(main, STAGE))
+    raise SystemExit(exit_code_of(main, "train_detector_final"))

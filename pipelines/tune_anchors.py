@@ -1,78 +1,15 @@
-"""DVC stage `tune_anchors`: the detector's anchors, searched by Optuna over short proxy trainings.
-
-Writes results/tuning/anchors.json: {"anchors": {"sizes", "scales", "ratios"}, "source", ...},
-which every `train_detector@<fold>` reads, and the proxy score of params' detector.anchors
-(`configured_<monitor>`) beside the best tuned one (`best_<monitor>`), also logged to MLflow.
-With tune_anchors.enabled false it holds params' detector.anchors as they are. The study lives
-in results/tuning/anchors.journal (or tune_anchors.study.storage): a killed run resumes, and more
-workers may join it by running this script again in parallel (each needs the same params).
-"""
+"""DVC stage `tune_anchors` (dvc.yaml): its flow is cxrdet.stages.tune_anchors.run; this script only parses
+its arguments and calls it."""
 
 from __future__ import annotations
 
-import mlflow
-import pandas as pd
-
-from cxrdet.config import load_params
-from cxrdet.data.datasets import read_prepared
-from cxrdet.data.folds import HOLDOUT
 from cxrdet.errors import exit_code_of
-from cxrdet.io import write_json
-from cxrdet.models.retinanet import create_detector_backbone, pyramid_levels
 from cxrdet.paths import project_root
-from cxrdet.tracking.runs import log_numeric, stage_run
-from cxrdet.train.detector import detector_data, resolve_anchors
-from cxrdet.train.runtime import start_runtime, stop_runtime
-from cxrdet.tuning.anchors import tune_anchors
-
-OUT = "results/tuning/anchors.json"
-JOURNAL = "results/tuning/anchors.journal"
+from cxrdet.stages import tune_anchors as stage
 
 
 def main() -> None:
-    root = project_root()
-    params = load_params(root / "params.yaml")
-    tune, detector = params.tune_anchors, params.detector
-    prepared = read_prepared(root / "data/prepared/detect")
-    split = pd.read_parquet(root / "data/split/folds.parquet")
-    train_ids = split.loc[(split["fold"] != tune.fold) & (split["fold"] != HOLDOUT), "image_id"].tolist()
-    val_ids = split.loc[split["fold"] == tune.fold, "image_id"].tolist()
-    # A declared DVC out (persist: the study resumes from it), so it must exist after every run,
-    # also when the study is off or lives in an RDB; an empty file is an empty Optuna journal.
-    (root / JOURNAL).parent.mkdir(parents=True, exist_ok=True)
-    (root / JOURNAL).touch()
-    runtime = start_runtime(params.train)
-    try:
-        with stage_run(
-            "tune_anchors", root=root, experiment=params.tracking.experiment,
-            params={"tune_anchors": tune.model_dump(), "detector": detector.model_dump(), "train": params.train.model_dump()},
-            tags={"cxrdet.dataset": "detect", "cxrdet.data_hash": prepared.info["data_hash"], "cxrdet.fold": str(tune.fold)},
-            tracking_uri=params.tracking.tracking_uri,
-        ):
-            if tune.enabled:
-                result = tune_anchors(
-                    detector, tune, detector_data(prepared, detector), prepared, train_ids, val_ids, runtime,
-                    root / JOURNAL, root / "models/pretrained", params.pretrain.allow_download,
-                )
-                anchors, summary = result.anchors, result.summary
-                # configured_<monitor> (params' anchors) beside best_<monitor> (the best tuned)
-                scores = (f"configured_{detector.monitor}", f"best_{detector.monitor}")
-                keys = ("trials", "budget", *scores)
-                log_numeric({key: summary[key] for key in keys} | {"bpr": summary["bpr"]})
-                mlflow.set_tag("cxrdet.anchors", "configured" if summary["configured"] else "tuned")
-            else:
-                _, strides = pyramid_levels(create_detector_backbone(detector.backbone).feature_info, detector.p2)
-                anchors, summary = resolve_anchors(detector.anchors, strides, None, OUT), {"source": "params"}
-            write_json({"anchors": anchors.to_dict(), **summary}, root / OUT)
-            mlflow.log_artifact(str(root / OUT))
-    finally:
-        stop_runtime()
-    if tune.enabled:
-        metric, best = detector.monitor, summary[f"best_{detector.monitor}"]
-        print(f"anchors: {metric} {summary[f'configured_{metric}']:.4f} configured, "
-              f"{'-' if best is None else f'{best:.4f}'} best tuned; kept the "
-              f"{'configured' if summary['configured'] else 'tuned'} (min_gain {tune.min_gain})")
-    print(f"anchors ({summary['source']}): sizes {anchors.sizes}, scales {anchors.scales}, ratios {anchors.ratios} -> {OUT}")
+    stage.run(project_root())
 
 
 if __name__ == "__main__":

@@ -74,9 +74,13 @@ def test_grid_is_cached_per_shape():
 def test_model_anchors_match_head_outputs_for_a_non_3x3_grid(p2):
     backbone = create_detector_backbone("regnetx_002")
     _, strides = pyramid_levels(backbone.feature_info, p2)
-    assert strides[: 4 if p2 else 3] == tuple(backbone.feature_info.reduction()[-(4 if p2 else 3) :])
+    assert strides[: 4 if p2 else 3] == tuple(
+        backbone.feature_info.reduction()[-(4 if p2 else 3) :]
+    )
     anchors = anchors_from_base(4, strides, (1.0, 1.5), (0.25, 0.5, 1.0, 2.0))  # 8 per location
-    model = RetinaNet(RetinaNetConfig("regnetx_002", 2, anchors, p2=p2, fpn_channels=16, head_convs=1), backbone)
+    model = RetinaNet(
+        RetinaNetConfig("regnetx_002", 2, anchors, p2=p2, fpn_channels=16, head_convs=1), backbone
+    )
     with torch.no_grad():
         out = model(torch.zeros(1, 1, 128, 128))
     cells = sum((128 // s) ** 2 for s in strides)
@@ -103,8 +107,14 @@ def test_small_boxes_warn():
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ({"sizes": [16, -1], "scales": [1], "ratios": [1]}, r"anchors\.sizes: values must be positive"),
-        ({"sizes": [16], "scales": [1], "ratios": []}, r"anchors\.ratios: must list at least one value"),
+        (
+            {"sizes": [16, -1], "scales": [1], "ratios": [1]},
+            r"anchors\.sizes: values must be positive",
+        ),
+        (
+            {"sizes": [16], "scales": [1], "ratios": []},
+            r"anchors\.ratios: must list at least one value",
+        ),
         ({"sizes": [16], "scales": [float("nan")], "ratios": [1]}, r"anchors\.scales"),
         ({"sizes": [16], "ratios": [1]}, r"anchors: missing \['scales'\]"),
     ],

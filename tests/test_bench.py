@@ -16,8 +16,9 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 # shadow nothing, and kept, as in_child's spawned processes import `common` by name.
 if str(BENCH) not in sys.path:
     sys.path.append(str(BENCH))
-import common  # noqa: E402
 import run_all  # noqa: E402
+
+import common  # noqa: E402
 
 SCRIPTS = [path.stem for path in run_all.scripts(BENCH)]
 
@@ -30,7 +31,9 @@ def test_every_known_bench_is_discovered():
 
 def test_table_shows_ours_baseline_ratio_target_and_rss():
     rows = [
-        common.Row("images/s", 20.0, 10.0, "img/s", target="~2x", ours_rss_mb=300.0, baseline_rss_mb=250.0),
+        common.Row(
+            "images/s", 20.0, 10.0, "img/s", target="~2x", ours_rss_mb=300.0, baseline_rss_mb=250.0
+        ),
         common.Row.speedup("score", 0.5, 5.0, note="same score"),
         common.Row("information", None, 3.0, "MiB"),
     ]
@@ -52,7 +55,9 @@ def _allocate(megabytes: int) -> int:
 def test_in_child_reports_result_seconds_and_peak_rss():
     small, large = common.in_child(_allocate, 1), common.in_child(_allocate, 200)
     assert small.result == 1024 * 1024 and small.seconds >= 0
-    assert large.peak_rss_mb - small.peak_rss_mb > 150  # a fresh process each: peaks do not carry over
+    assert (
+        large.peak_rss_mb - small.peak_rss_mb > 150
+    )  # a fresh process each: peaks do not carry over
 
 
 def test_in_child_peak_rss_is_not_the_parents():
@@ -69,7 +74,11 @@ def _fail(message: str) -> None:
 
 def test_descendants_peak_rss_sees_a_child_process_memory():
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; block = bytearray(300 * 2**20); print(flush=True); time.sleep(60)"],
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; block = bytearray(300 * 2**20); print(flush=True); time.sleep(60)",
+        ],
         stdout=subprocess.PIPE,
     )
     try:
@@ -81,7 +90,9 @@ def test_descendants_peak_rss_sees_a_child_process_memory():
 
 
 def test_in_child_names_the_failure():
-    with pytest.raises(RuntimeError, match="(?s)_fail failed in its spawned process.*ValueError: no such image"):
+    with pytest.raises(
+        RuntimeError, match="(?s)_fail failed in its spawned process.*ValueError: no such image"
+    ):
         common.in_child(_fail, "no such image")
 
 
@@ -93,7 +104,9 @@ def test_bench_quick_mode_prints_a_ratio(project_root, script, tmp_path):
     joins = run_all.speaks_json(path)
     if joins:
         command += ["--json", str(tmp_path / "report.json")]
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=project_root)
+    completed = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, cwd=project_root
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     header = next(line for line in completed.stdout.splitlines() if line.startswith("measure"))
     assert "ratio" in header and "baseline" in header
@@ -109,10 +122,23 @@ def test_bench_quick_mode_prints_a_ratio(project_root, script, tmp_path):
 def test_run_all_prints_one_table(project_root, tmp_path):
     out = tmp_path / "all.json"
     completed = subprocess.run(
-        [sys.executable, str(BENCH / "run_all.py"), "--quick", "--only", "metrics", "--json", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=project_root,
+        [
+            sys.executable,
+            str(BENCH / "run_all.py"),
+            "--quick",
+            "--only",
+            "metrics",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=project_root,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    header = next(line for line in completed.stdout.splitlines() if line.split()[:2] == ["bench", "measure"])
+    header = next(
+        line for line in completed.stdout.splitlines() if line.split()[:2] == ["bench", "measure"]
+    )
     assert all(word in header for word in ("measure", "ours", "baseline", "ratio", "target", "RSS"))
     assert [report["bench"] for report in json.loads(out.read_text())["reports"]] == ["metrics"]

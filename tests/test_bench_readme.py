@@ -10,8 +10,9 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 if str(BENCH) not in sys.path:
     sys.path.append(str(BENCH))
-import common  # noqa: E402
 import readme  # noqa: E402
+
+import common  # noqa: E402
 
 
 def test_readme_bench_blocks_match_the_committed_reports():

@@ -48,8 +48,7 @@ def test_eight_points_are_tighter_than_corners_yet_cover_the_shape(angle, box):
     x0, y0, x1, y1 = box
     points = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]]) @ matrix[:, :2].T + matrix[:, 2]
     four = np.array([*points.min(0), *points.max(0)])
-    area = lambda b: (b[2] - b[0]) * (b[3] - b[1])
-    assert area(corners) < area(four)
+    assert box_area(corners) < box_area(four)
     assert np.all(corners[:2] >= four[:2]) and np.all(corners[2:] <= four[2:])
     # The 4-corner box is the rotated rectangle's own box; the 8-point box still holds most of it.
     assert covered(rotated_rectangle_mask(box, matrix), corners) > 0.85
@@ -69,7 +68,9 @@ def test_eight_point_affine_works_in_any_albumentations_pipeline():
         image=image, bboxes=np.array([[30.0, 40.0, 80.0, 70.0]]), labels=[0]
     )
     (ours,), (theirs,) = out["bboxes"], largest["bboxes"]
-    assert (ours[2] - ours[0]) * (ours[3] - ours[1]) < (theirs[2] - theirs[0]) * (theirs[3] - theirs[1])
+    assert (ours[2] - ours[0]) * (ours[3] - ours[1]) < (theirs[2] - theirs[0]) * (
+        theirs[3] - theirs[1]
+    )
 
 
 def test_gaussian_affine_boxes_follow_a_lesion_and_replay_by_seed():
@@ -88,21 +89,47 @@ def test_gaussian_affine_boxes_follow_a_lesion_and_replay_by_seed():
 
 
 def test_flip_and_empty_boxes():
-    pipeline = detector_augmentation(BoxAugmentSettings(shift=0, scale_sigma=0, rotate_sigma=0, shear_sigma=0, hflip=1.0, blur=0, noise=0, gamma=0))
+    pipeline = detector_augmentation(
+        BoxAugmentSettings(
+            shift=0,
+            scale_sigma=0,
+            rotate_sigma=0,
+            shear_sigma=0,
+            hflip=1.0,
+            blur=0,
+            noise=0,
+            gamma=0,
+        )
+    )
     image = np.zeros((SIZE, SIZE), np.uint8)
-    _, boxes, labels = apply_seeded_boxes(pipeline, image, np.array([[10.0, 20.0, 30.0, 40.0]]), np.array([0]), 0)
+    _, boxes, labels = apply_seeded_boxes(
+        pipeline, image, np.array([[10.0, 20.0, 30.0, 40.0]]), np.array([0]), 0
+    )
     assert np.allclose(boxes, [[98.0, 20.0, 118.0, 40.0]]) and labels.tolist() == [0]
-    out, boxes, labels = apply_seeded_boxes(pipeline, image, np.zeros((0, 4)), np.zeros(0, np.int64), 0)
+    out, boxes, labels = apply_seeded_boxes(
+        pipeline, image, np.zeros((0, 4)), np.zeros(0, np.int64), 0
+    )
     assert out.shape == (SIZE, SIZE) and boxes.shape == (0, 4) and labels.shape == (0,)
 
 
 def test_boxes_leaving_the_image_are_dropped():
-    pipeline = A.Compose([EightPointAffine(translate_px={"x": (100, 100), "y": (0, 0)}, p=1.0)], bbox_params=box_params())
+    pipeline = A.Compose(
+        [EightPointAffine(translate_px={"x": (100, 100), "y": (0, 0)}, p=1.0)],
+        bbox_params=box_params(),
+    )
     image = np.zeros((SIZE, SIZE), np.uint8)
-    out = pipeline(image=image, bboxes=np.array([[60.0, 10.0, 90.0, 30.0], [0.0, 10.0, 20.0, 30.0]]), labels=[0, 1])
+    out = pipeline(
+        image=image,
+        bboxes=np.array([[60.0, 10.0, 90.0, 30.0], [0.0, 10.0, 20.0, 30.0]]),
+        labels=[0, 1],
+    )
     assert list(out["labels"]) == [1]
 
 
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="rotate_sigma must be >= 0"):
         GaussianAffine(rotate_sigma=-1.0)
+
+
+def box_area(box: np.ndarray) -> float:
+    return (box[2] - box[0]) * (box[3] - box[1])

@@ -164,9 +164,9 @@ def test_downloads_need_permission_and_imports_need_a_file_per_backbone(project_
 
 def test_missing_pretrained_backbone_names_the_variant_param(prepared_root, project_root, tmp_path):
     from cxrdet.config import load_params
+    from cxrdet.runtime.distributed import DistContext
+    from cxrdet.runtime.session import Runtime
     from cxrdet.train.classifier import train_fold_classifier
-    from cxrdet.train.distributed import DistContext
-    from cxrdet.train.runtime import Runtime
 
     params = load_params(project_root / "params.yaml")
     runtime = Runtime(params.train, torch.device("cpu"), DistContext())

@@ -31,7 +31,9 @@ def tiny_params(folds: int, epochs: int, augmentations: int = 1) -> dict:
     params["pretrain"]["image_size"] = 64
     params["pretrain"]["optim"] |= {"epochs": 2, "batch_size": 8}
     params["classifier"] |= {"folds": list(range(folds))}
-    params["detector"] |= {"folds": list(range(folds))}  # every stage's folds must exist in the split
+    params["detector"] |= {
+        "folds": list(range(folds))
+    }  # every stage's folds must exist in the split
     for variant in params["classifier"]["variants"]:
         variant["image_size"] = 64
     params["classifier"]["optim"] |= {"epochs": epochs, "batch_size": 8}
@@ -172,14 +174,18 @@ def test_pretrain_reports_a_bad_weights_file_by_its_param(project, tmp_path):
 def test_out_of_fold_auc_shows_real_learning(tmp_path):
     """The demo recipe (params.yaml) on the demo's amount of data, fixed seeds: NIH-style
     pretraining, then the 2-class classifier on every fold, TTA views averaged."""
-    from prepared_demo import prepare_project
-
     from cxrdet.config import load_params
     from cxrdet.data.datasets import read_prepared
     from cxrdet.models.backbone import save_backbone
-    from cxrdet.train.classifier import predict_views, pretrain_backbone, train_fold_classifier
+    from cxrdet.runtime.session import start_runtime
+    from cxrdet.train.classifier import (
+        predict_classifier_views,
+        pretrain_backbone,
+        train_fold_classifier,
+    )
     from cxrdet.train.predictions import opacity_auc, opacity_truth
-    from cxrdet.train.runtime import start_runtime
+
+    from prepared_demo import prepare_project
 
     spec = DemoSpec(
         seed=2018,
@@ -229,6 +235,6 @@ def test_out_of_fold_auc_shows_real_learning(tmp_path):
             tmp_path / f"ck/{fold}",
         )
         ids = split.loc[split["fold"] == fold, "image_id"].to_numpy()
-        tables.append(predict_views(trained, prepared, ids, params.classifier, runtime))
+        tables.append(predict_classifier_views(trained, prepared, ids, params.classifier, runtime))
     auc = opacity_auc(pd.concat(tables), opacity_truth(prepared.images, prepared.boxes))
     assert auc > 0.75, auc

@@ -20,7 +20,9 @@ def test_default_params_are_the_valid_demo_profile(project_root):
 
 @pytest.mark.parametrize("profile", ["rsna-gpu", "vinbigdata-gpu", "folder-gpu"])
 def test_every_profile_merges_into_valid_params(project_root, profile):
-    params = load_params(project_root / "params.yaml", project_root / "profiles" / f"{profile}.yaml")
+    params = load_params(
+        project_root / "params.yaml", project_root / "profiles" / f"{profile}.yaml"
+    )
     assert params.prepare.image_size == 512
     assert not params.data.detect.raw_dir.startswith("data/raw/demo")
 
@@ -38,7 +40,9 @@ def test_unknown_key_names_the_key_and_the_allowed_keys(project_root):
 def test_unknown_top_level_group_is_rejected(project_root):
     raw = demo_params(project_root)
     raw["trian"] = {}
-    with pytest.raises(ConfigError, match="trian: unknown key; allowed keys here: synthesize, data"):
+    with pytest.raises(
+        ConfigError, match="trian: unknown key; allowed keys here: synthesize, data"
+    ):
         validate_params(raw)
 
 
@@ -52,7 +56,9 @@ def test_wrong_type_names_the_key(project_root):
 def test_out_of_range_value_names_the_key_and_the_bound(project_root):
     raw = demo_params(project_root)
     raw["split"]["holdout_fraction"] = 0.9
-    with pytest.raises(ConfigError, match=r"split\.holdout_fraction: Input should be less than 0\.5"):
+    with pytest.raises(
+        ConfigError, match=r"split\.holdout_fraction: Input should be less than 0\.5"
+    ):
         validate_params(raw)
 
 

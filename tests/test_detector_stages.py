@@ -14,10 +14,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from prepared_demo import prepare_project
 
 from cxrdet.infer.detector_tta import BOX_COLUMNS
 from cxrdet.models.retinanet import load_detector
+
+from prepared_demo import prepare_project
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,10 +30,21 @@ def tiny_params(folds: int) -> dict:
     params["split"]["folds"] = folds
     params["train"] |= {"progress": False, "threads": 1}
     params["classifier"]["folds"] = list(range(folds))
-    params["detector"] |= {"folds": list(range(folds)), "weights": "none", "frozen_bn": False, "freeze_encoder_epochs": 0}
+    params["detector"] |= {
+        "folds": list(range(folds)),
+        "weights": "none",
+        "frozen_bn": False,
+        "freeze_encoder_epochs": 0,
+    }
     params["detector"]["optim"] |= {"epochs": 2, "batch_size": 4}
     params["detector"]["tta"] |= {"hflip": True, "scales": [1.0, 1.2], "batch_size": 4}
-    params["tune_anchors"] |= {"enabled": True, "trials": 3, "epochs": 2, "subset": 12, "min_bpr": 0.5}
+    params["tune_anchors"] |= {
+        "enabled": True,
+        "trials": 3,
+        "epochs": 2,
+        "subset": 12,
+        "min_bpr": 0.5,
+    }
     # all of the tiny fold's validation images; no budget: 20% of 2 epochs holds no trial
     params["tune_anchors"] |= {"val_subset": 0, "budget_fraction": None}
     params["tune_anchors"]["pruner"] |= {"name": "median", "startup_trials": 1, "warmup_epochs": 0}
@@ -43,10 +55,14 @@ def python(script: str) -> list[str]:
     return [sys.executable, str(ROOT / "pipelines" / script)]
 
 
-def run_stage(root: Path, *command: str, expect: int = 0, timeout: int = 900) -> subprocess.CompletedProcess:
+def run_stage(
+    root: Path, *command: str, expect: int = 0, timeout: int = 900
+) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env |= {"CXRDET_ROOT": str(root), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    done = subprocess.run(
+        command, cwd=root, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
     assert done.returncode == expect, f"{command}\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
     return done
 
@@ -71,13 +87,17 @@ def project(demo_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_tune_anchors_writes_the_best_anchors_and_nests_trials(project):
     tuned = json.loads((project / "results/tuning/anchors.json").read_text())
-    assert tuned["source"] == "tune_anchors" and len(tuned["anchors"]["sizes"]) == 5  # P3-P7 (params: p2 off)
+    assert (
+        tuned["source"] == "tune_anchors" and len(tuned["anchors"]["sizes"]) == 5
+    )  # P3-P7 (params: p2 off)
     assert sum(tuned["trials"].values()) == 3 and tuned["trials"]["complete"] >= 1
     found = runs(project)
     (study_run,) = [tags["run_id"] for name, _, tags in found if name == "tune_anchors"]
     trials = [(status, tags) for name, status, tags in found if name.startswith("trial-")]
     assert len(trials) == 3 and all(t["mlflow.parentRunId"] == study_run for _, t in trials)
-    assert all(status == "FINISHED" and t["optuna.state"] in ("COMPLETE", "PRUNED") for status, t in trials)
+    assert all(
+        status == "FINISHED" and t["optuna.state"] in ("COMPLETE", "PRUNED") for status, t in trials
+    )
     # A rerun resumes the finished study: no new trial.
     run_stage(project, *python("tune_anchors.py"))
     assert len([name for name, _, _ in runs(project) if name.startswith("trial-")]) == 3
@@ -112,16 +132,25 @@ def test_torchrun_two_cpu_processes_train_a_fold_and_only_rank_0_writes(project)
     assert done.stdout.count("fold 1: out-of-fold RSNA") == 1
     split = pd.read_parquet(project / "data/split/folds.parquet")
     images = pd.read_parquet(project / "results/detector/folds/fold1/oof_images.parquet")
-    assert len(images) == (split["fold"] == 1).sum() * VIEWS and not images.duplicated(["image_id", "view"]).any()
+    assert (
+        len(images) == (split["fold"] == 1).sum() * VIEWS
+        and not images.duplicated(["image_id", "view"]).any()
+    )
     # The same output files, with the same columns, as the single-process fold 0 above.
     for outputs in ("results/detector/folds", "models/detector"):
         single, distributed = (
-            sorted(path.relative_to(project / outputs / f"fold{k}") for path in (project / outputs / f"fold{k}").rglob("*"))
+            sorted(
+                path.relative_to(project / outputs / f"fold{k}")
+                for path in (project / outputs / f"fold{k}").rglob("*")
+            )
             for k in (0, 1)
         )
         assert single and single == distributed, outputs
     for name in ("oof_boxes", "oof_images", "holdout_boxes", "holdout_images"):
-        single, distributed = (pd.read_parquet(project / f"results/detector/folds/fold{k}/{name}.parquet") for k in (0, 1))
+        single, distributed = (
+            pd.read_parquet(project / f"results/detector/folds/fold{k}/{name}.parquet")
+            for k in (0, 1)
+        )
         assert single.dtypes.to_dict() == distributed.dtypes.to_dict(), name
     assert not (project / "models/checkpoints/train_detector@1").exists()
 
@@ -131,8 +160,17 @@ def test_report_covers_every_fold(project):
         pytest.skip("needs the fold stages above")
     run_stage(project, *python("detector_report.py"))
     metrics = json.loads((project / "results/detector/metrics.json").read_text())
-    assert {"oof_rsna_score", "holdout_rsna_score", "baseline", "folds", "oof_rsna_score_by_view"} <= set(metrics)
-    assert set(metrics["folds"]) == {"fold0", "fold1"} and len(metrics["oof_rsna_score_by_view"]) == VIEWS
+    assert {
+        "oof_rsna_score",
+        "holdout_rsna_score",
+        "baseline",
+        "folds",
+        "oof_rsna_score_by_view",
+    } <= set(metrics)
+    assert (
+        set(metrics["folds"]) == {"fold0", "fold1"}
+        and len(metrics["oof_rsna_score_by_view"]) == VIEWS
+    )
     assert (project / "results/detector/holdout.png").stat().st_size > 0
 
 
@@ -140,7 +178,11 @@ def test_a_bad_anchors_file_is_reported_by_its_key(project, tmp_path):
     anchors = project / "results/tuning/anchors.json"
     good = anchors.read_text()
     try:
-        anchors.write_text(json.dumps({"anchors": {"sizes": [16, 32, 64, 128, 256], "scales": [1.0], "ratios": []}}))
+        anchors.write_text(
+            json.dumps(
+                {"anchors": {"sizes": [16, 32, 64, 128, 256], "scales": [1.0], "ratios": []}}
+            )
+        )
         done = run_stage(project, *python("train_detector.py"), "--fold", "0", expect=2)
         assert "results/tuning/anchors.json.ratios: must list at least one value" in done.stderr
     finally:

@@ -37,7 +37,12 @@ RUNTIME = TrainParams(device="cpu", progress=False, channels_last=False)
 def test_views_default_to_the_six_of_the_first_place():
     views = detection_views(True, [0.8, 1.0, 1.2])
     assert [v.name for v in views] == [
-        "original", "scale0.8", "scale1.2", "hflip", "hflip_scale0.8", "hflip_scale1.2",
+        "original",
+        "scale0.8",
+        "scale1.2",
+        "hflip",
+        "hflip_scale0.8",
+        "hflip_scale1.2",
     ]
     assert [v.name for v in detection_views(False, [1.0])] == ["original"]
 
@@ -62,17 +67,27 @@ class IoUDetector(nn.Module):
         self.model = model
         self.box_coder, self.pad_multiple = model.box_coder, model.pad_multiple
 
+    detect = RetinaNet.detect  # decoded like the RetinaNet it stands in for
+
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         n, _, h, w = images.shape
-        anchors = self.model.anchor_generator.grid([torch.zeros(1, 1, h // s, w // s) for s in self.model.strides])
+        anchors = self.model.anchor_generator.grid(
+            [torch.zeros(1, 1, h // s, w // s) for s in self.model.strides]
+        )
         bright = (images[:, 0] > 0).float()
         integral = nn.functional.pad(bright.cumsum(1).cumsum(2), (1, 0, 1, 0))
         x0, x1 = (anchors[:, [0, 2]].clamp(0, w).round().long()).T
         y0, y1 = (anchors[:, [1, 3]].clamp(0, h).round().long()).T
-        inside = integral[:, y1, x1] - integral[:, y0, x1] - integral[:, y1, x0] + integral[:, y0, x0]
+        inside = (
+            integral[:, y1, x1] - integral[:, y0, x1] - integral[:, y1, x0] + integral[:, y0, x0]
+        )
         area = (anchors[:, 2] - anchors[:, 0]) * (anchors[:, 3] - anchors[:, 1])
         iou = inside / (area + bright.sum(dim=(1, 2))[:, None] - inside)
-        return {"cls_logits": (20 * (iou - 0.5))[..., None], "box_deltas": torch.zeros(n, len(anchors), 4), "anchors": anchors}
+        return {
+            "cls_logits": (20 * (iou - 0.5))[..., None],
+            "box_deltas": torch.zeros(n, len(anchors), 4),
+            "anchors": anchors,
+        }
 
 
 class Images:
@@ -93,18 +108,32 @@ class Images:
 def test_hflip_predictions_mapped_back_match_the_original(symmetric):
     backbone = create_detector_backbone("regnetx_002")
     _, strides = pyramid_levels(backbone.feature_info, True)
-    config = RetinaNetConfig("regnetx_002", 1, anchors_from_base(4, strides, (1.0, 1.26), (0.5, 1.0, 2.0)), fpn_channels=8, head_convs=0)
+    config = RetinaNetConfig(
+        "regnetx_002",
+        1,
+        anchors_from_base(4, strides, (1.0, 1.26), (0.5, 1.0, 2.0)),
+        fpn_channels=8,
+        head_convs=0,
+    )
     detector = IoUDetector(RetinaNet(config, backbone))
     image = np.zeros((SIZE, SIZE), np.uint8)
     image[36:56, 22:40] = 255
     if symmetric:  # lesions in both lungs
         image[:, SIZE // 2 :] = image[:, : SIZE // 2][:, ::-1]
     else:  # a second, different lesion: a mapping that forgot to un-flip would fail here
-        image[68:88, 70:88] = 255  # the first one moved on the anchor grid; its mirror is at x 88-106
+        image[68:88, 70:88] = (
+            255  # the first one moved on the anchor grid; its mirror is at x 88-106
+        )
     views = [DetectionView(), DetectionView(hflip=True)]
     original, flipped = predict_views(
-        detector, Images([image]), size=SIZE, views=views, decode_config=DecodeConfig(score_floor=0.3, nms_iou=0.3, top_k=2),
-        batch_size=1, device=torch.device("cpu"), runtime=RUNTIME,
+        detector,
+        Images([image]),
+        size=SIZE,
+        views=views,
+        decode_config=DecodeConfig(score_floor=0.3, nms_iou=0.3, top_k=2),
+        batch_size=1,
+        device=torch.device("cpu"),
+        runtime=RUNTIME,
     )
     assert len(original.boxes[0]) == 2
     ours, theirs = (np.array(sorted(v.boxes[0].tolist())) for v in (original, flipped))
@@ -115,16 +144,47 @@ def test_hflip_predictions_mapped_back_match_the_original(symmetric):
 def test_prediction_tables_follow_the_contract():
     images = pd.DataFrame({"image_id": ["a", "b"], "width": [256, 512], "height": [256, 256]})
     view = ViewPredictions(
-        DetectionView(hflip=True), [np.array([[10.0, 20.0, 30.0, 60.0]]), np.zeros((0, 4))],
-        [np.array([0.9])], [np.array([0])], np.array([[0.2, 0.3, 0.5], [0.7, 0.2, 0.1]]),
+        DetectionView(hflip=True),
+        [np.array([[10.0, 20.0, 30.0, 60.0]]), np.zeros((0, 4))],
+        [np.array([0.9])],
+        [np.array([0])],
+        np.array([[0.2, 0.3, 0.5], [0.7, 0.2, 0.1]]),
     )
     view.scores.append(np.zeros(0))
     view.labels.append(np.zeros(0, np.int64))
-    boxes, table = prediction_tables([view], ["a", "b"], images, 128, fold=2, model="m", image_classes=["n", "o", "p"], positive=[2])
+    boxes, table = prediction_tables(
+        [view],
+        ["a", "b"],
+        images,
+        128,
+        fold=2,
+        model="m",
+        image_classes=["n", "o", "p"],
+        positive=[2],
+    )
     assert list(boxes.columns) == BOX_COLUMNS
-    assert boxes.iloc[0].to_dict() == {"image_id": "a", "fold": 2, "model": "m", "view": "hflip", "x": 20.0, "y": 40.0,
-                                       "w": 40.0, "h": 80.0, "score": 0.9, "class_id": 0}
-    assert list(table.columns) == ["image_id", "fold", "model", "view", "p_n", "p_o", "p_p", "opacity"]
+    assert boxes.iloc[0].to_dict() == {
+        "image_id": "a",
+        "fold": 2,
+        "model": "m",
+        "view": "hflip",
+        "x": 20.0,
+        "y": 40.0,
+        "w": 40.0,
+        "h": 80.0,
+        "score": 0.9,
+        "class_id": 0,
+    }
+    assert list(table.columns) == [
+        "image_id",
+        "fold",
+        "model",
+        "view",
+        "p_n",
+        "p_o",
+        "p_p",
+        "opacity",
+    ]
     assert table["opacity"].tolist() == [0.5, 0.1] and len(table) == 2
 
 

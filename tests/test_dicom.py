@@ -279,7 +279,9 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path):
     ds.save_as(bomb)
     assert bomb.stat().st_size < 100_000
     for reader in (read_dicom, read_dicom_header, read_image, read_image_size):
-        with pytest.raises(DicomReadError, match=r"16000 x 16000 pixels \(256 MP\), over the 50 MP"):
+        with pytest.raises(
+            DicomReadError, match=r"16000 x 16000 pixels \(256 MP\), over the 50 MP"
+        ):
             reader(bomb)
     side = int(MAX_PIXELS**0.5) + 1
     large = tmp_path / "large.png"

@@ -17,8 +17,13 @@ from cxrdet.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def members(folds: tuple[int, ...] = (0,), views: tuple[str, ...] = ("original", "hflip")) -> pd.DataFrame:
-    return pd.DataFrame([("a", f, "retinanet", v) for f in folds for v in views], columns=["image_id", "fold", "model", "view"])
+def members(
+    folds: tuple[int, ...] = (0,), views: tuple[str, ...] = ("original", "hflip")
+) -> pd.DataFrame:
+    return pd.DataFrame(
+        [("a", f, "retinanet", v) for f in folds for v in views],
+        columns=["image_id", "fold", "model", "view"],
+    )
 
 
 def box_table(*rows: tuple[int, str, float, float, float]) -> pd.DataFrame:
@@ -29,8 +34,10 @@ def box_table(*rows: tuple[int, str, float, float, float]) -> pd.DataFrame:
 
 
 def classifier(opacity: float, folds: tuple[int, ...] = (0,)) -> pd.DataFrame:
-    return pd.DataFrame([("a", f, "demo", v, opacity) for f in folds for v in ("original", "flipped")],
-                        columns=["image_id", "fold", "model", "view", "opacity"])
+    return pd.DataFrame(
+        [("a", f, "demo", v, opacity) for f in folds for v in ("original", "flipped")],
+        columns=["image_id", "fold", "model", "view", "opacity"],
+    )
 
 
 SIZES = pd.DataFrame({"image_id": ["a"], "width": [1024], "height": [1024]})
@@ -45,7 +52,9 @@ def test_views_are_fused_per_fold_model_then_shrunk_gated_and_cut():
     assert len(merged) == 1
     np.testing.assert_allclose(merged[["x", "w"]].to_numpy()[0], [(80 + 66) / 1.4, 200.0])
     np.testing.assert_allclose(merged["score"], [(0.8**2 + 0.6**2) / 1.4])
-    final = apply_recipe(predictions, EnsembleRecipe()).boxes  # 1st place: x 0.875, product >= 0.2, >= 0.275
+    final = apply_recipe(
+        predictions, EnsembleRecipe()
+    ).boxes  # 1st place: x 0.875, product >= 0.2, >= 0.275
     x = (80 + 66) / 1.4 + 200 * 0.0625
     np.testing.assert_allclose(final[["x", "y", "w", "h"]].to_numpy()[0], [x, 112.5, 175.0, 175.0])
     np.testing.assert_allclose(final["score"], [(0.8**2 + 0.6**2) / 1.4 * 0.5])
@@ -67,7 +76,9 @@ def test_folds_are_fused_only_where_an_image_has_several():
     two = MemberPredictions(boxes, members((0, 1), ("original",)), classifier(0.9, (0, 1)), SIZES)
     fused = apply_recipe(two, PLAIN).boxes  # apart: each box has one vote of two
     np.testing.assert_allclose(sorted(fused["score"]), [0.3, 0.4])
-    single = apply_recipe(two.only_folds([1]), PLAIN.with_changes(fold_fusion=Fusion("wbf", {}))).boxes
+    single = apply_recipe(
+        two.only_folds([1]), PLAIN.with_changes(fold_fusion=Fusion("wbf", {}))
+    ).boxes
     np.testing.assert_allclose(single["score"], [0.6])  # one model per image: no fold fusion at all
 
 
@@ -76,7 +87,9 @@ def test_top_k_and_no_finding_box_kept_whole():
     predictions = MemberPredictions(boxes, members(views=("original",)), classifier(0.3), SIZES)
     top = apply_recipe(predictions, PLAIN.with_changes(max_boxes=2)).boxes
     np.testing.assert_allclose(top["score"], [0.9, 0.8])
-    filtered = apply_recipe(predictions, PLAIN.with_changes(shrink=0.5, gating=Gating("no_finding", {"low": 0.1})))
+    filtered = apply_recipe(
+        predictions, PLAIN.with_changes(shrink=0.5, gating=Gating("no_finding", {"low": 0.1}))
+    )
     no_finding = filtered.boxes[filtered.boxes["class_id"] == 14]
     assert no_finding[["x", "y", "w", "h"]].to_numpy().tolist() == [[0.0, 0.0, 1.0, 1.0]]
     np.testing.assert_allclose(no_finding["score"], [0.7])  # 1 - P(abnormal)
@@ -90,7 +103,10 @@ def test_recipe_round_trips_and_names_bad_knobs():
     assert recipe.gating == Gating("product", dict(params.ensemble.gating.params["product"]))
     bad = params.ensemble.model_dump()
     bad["view_fusion"]["params"]["wbf"] = {"iou": 0.4}  # a method not chosen is checked too
-    with pytest.raises(ConfigError, match=r"ensemble.view_fusion.params.wbf: fusion method 'wbf': unknown parameter 'iou'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"ensemble.view_fusion.params.wbf: fusion method 'wbf': unknown parameter 'iou'",
+    ):
         EnsembleRecipe.from_params(bad, key="ensemble")
     with pytest.raises(ConfigError, match="ensemble: unknown knob 'views'"):
         EnsembleRecipe.from_dict({"views": ["original"]})
@@ -106,5 +122,9 @@ def test_params_errors_name_the_dotted_key():
     with pytest.raises(ConfigError) as caught:
         validate_params(raw)
     message = str(caught.value)
-    for key in ("ensemble.max_boxes", "tune_ensemble.search.gating.1", "tune_ensemble.search.shrink"):
+    for key in (
+        "ensemble.max_boxes",
+        "tune_ensemble.search.gating.1",
+        "tune_ensemble.search.shrink",
+    ):
         assert key in message, message

@@ -38,7 +38,9 @@ def run_statuses(root: Path) -> dict[str, str]:
 def start_sleepy_stage(root: Path) -> subprocess.Popen:
     """The STAGE script in its own process, returned once its nested run is open."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    process = subprocess.Popen([sys.executable, "-c", STAGE, str(root)], env=env, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", STAGE, str(root)], env=env, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 120
     while not (root / "started").exists():
         assert process.poll() is None, process.stderr.read()
@@ -62,7 +64,11 @@ def test_a_sigkilled_stage_run_is_closed_as_killed_by_the_next_stage_run(tmp_pat
     process.wait(timeout=60)
     assert run_statuses(tmp_path) == {"sleepy": "RUNNING", "trial-0": "RUNNING"}
     with stage_run("next", root=tmp_path, experiment="faults"):
-        assert run_statuses(tmp_path) == {"sleepy": "KILLED", "trial-0": "KILLED", "next": "RUNNING"}
+        assert run_statuses(tmp_path) == {
+            "sleepy": "KILLED",
+            "trial-0": "KILLED",
+            "next": "RUNNING",
+        }
     with stage_run("next", root=tmp_path, experiment="faults"):  # a live stage's run is left alone
         pass
     assert set(run_statuses(tmp_path).values()) == {"KILLED", "FINISHED"}
@@ -82,11 +88,15 @@ def test_an_unwritable_output_names_the_file_and_keeps_the_earlier_one(tmp_path)
     original = pd.DataFrame.to_parquet
     pd.DataFrame.to_parquet = disk_full
     try:
-        with pytest.raises(OutputWriteError, match=r"metrics\.parquet: cannot write: No space left on device"):
+        with pytest.raises(
+            OutputWriteError, match=r"metrics\.parquet: cannot write: No space left on device"
+        ):
             write_parquet(pd.DataFrame({"a": [1]}), tmp_path / "metrics.parquet")
     finally:
         pd.DataFrame.to_parquet = original
-    with pytest.raises(OutputWriteError, match=r"metrics\.json: cannot write: No space left on device"):
+    with pytest.raises(
+        OutputWriteError, match=r"metrics\.json: cannot write: No space left on device"
+    ):
         with_disk_full_json(earlier)
     assert earlier.read_text() == '{\n  "score": 0.5\n}\n'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "not_a_folder"]

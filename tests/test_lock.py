@@ -9,8 +9,8 @@ from importlib import metadata
 from pathlib import Path
 
 from packaging.requirements import Requirement
-from packaging.version import Version
 from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 LOCK = Path(__file__).resolve().parents[1] / "requirements.lock"
 PIN = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[^\s;]+)$")
@@ -23,7 +23,9 @@ def locked() -> dict[str, str]:
         if not line or line.startswith("#"):
             continue
         match = PIN.match(line)
-        assert match, f"requirements.lock line {number}: {line!r} is not an exact `name==version` pin"
+        assert match, (
+            f"requirements.lock line {number}: {line!r} is not an exact `name==version` pin"
+        )
         pins[canonicalize_name(match["name"])] = match["version"]
     return pins
 

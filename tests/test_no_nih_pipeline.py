@@ -10,11 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from worktree import copy_worktree
 import torch
 import yaml
 
 from cxrdet.data.sources.synthetic import DemoSpec, synthesize
+
+from worktree import copy_worktree
 
 pytestmark = pytest.mark.slow
 
@@ -47,8 +48,13 @@ def own_project(project_root: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "CXRDET_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env |= {"OMP_NUM_THREADS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env |= {
+        "OMP_NUM_THREADS": "1",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
     run(["git", "init", "-q"], target, env)
     run(["dvc", "add", "-q", "data/raw/own"], target, env)
     run(["git", "add", "-A"], target, env)

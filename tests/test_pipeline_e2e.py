@@ -12,14 +12,21 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
 from worktree import copy_worktree
 
 pytestmark = pytest.mark.slow
 
 
-def run(command: list[str], cwd: Path, env: dict, timeout: int = 1800) -> subprocess.CompletedProcess:
-    completed = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert completed.returncode == 0, f"{command}\n{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}"
+def run(
+    command: list[str], cwd: Path, env: dict, timeout: int = 1800
+) -> subprocess.CompletedProcess:
+    completed = subprocess.run(
+        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert completed.returncode == 0, (
+        f"{command}\n{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}"
+    )
     return completed
 
 
@@ -30,8 +37,12 @@ def clone(project_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
     copy_worktree(project_root, target)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "CXRDET_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env |= {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-            "GIT_COMMITTER_EMAIL": "t@t"}
+    env |= {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
     run(["git", "init", "-q"], target, env)
     run(["git", "add", "-A"], target, env)
     run(["git", "commit", "-qm", "snapshot"], target, env)
@@ -41,24 +52,36 @@ def clone(project_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
 
 def test_repro_writes_every_stage_output(clone):
     root, _ = clone
-    for path in ["data/raw/demo/rsna/stage_2_train_labels.csv", "data/raw/demo/samples.png",
-                 "data/prepared/detect/images.parquet", "data/prepared/pretrain/targets.parquet",
-                 "data/prepared/detect/samples.png", "data/split/folds.parquet",
-                 "results/split/split.json", "results/tuning/ensemble.json", "results/evaluate/metrics.json",
-                 "results/evaluate/submission.csv", "results/evaluate/overlay.png",
-                 "results/register/register.json", "dvc.lock"]:
+    for path in [
+        "data/raw/demo/rsna/stage_2_train_labels.csv",
+        "data/raw/demo/samples.png",
+        "data/prepared/detect/images.parquet",
+        "data/prepared/pretrain/targets.parquet",
+        "data/prepared/detect/samples.png",
+        "data/split/folds.parquet",
+        "results/split/split.json",
+        "results/tuning/ensemble.json",
+        "results/evaluate/metrics.json",
+        "results/evaluate/submission.csv",
+        "results/evaluate/overlay.png",
+        "results/register/register.json",
+        "dvc.lock",
+    ]:
         assert (root / path).exists(), path
     folds = pd.read_parquet(root / "data/split/folds.parquet")
     images = pd.read_parquet(root / "data/prepared/detect/images.parquet")
     assert len(folds) == len(images) > 0
     registered = json.loads((root / "results/register/register.json").read_text())
-    assert registered["version"] == 1 and registered["champion"] == 1  # the first version is champion
+    assert (
+        registered["version"] == 1 and registered["champion"] == 1
+    )  # the first version is champion
 
 
 def test_every_stage_is_an_mlflow_run_with_identity_tags(clone):
     root, _ = clone
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                            text=True, check=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout.strip()
     with sqlite3.connect(root / "mlruns" / "mlflow.db") as db:
         tags = db.execute(
             "SELECT r.name, t.key, t.value FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid"
@@ -87,7 +110,10 @@ def test_evaluate_numbers_equal_cxrdet_evaluate_on_its_submission(clone):
     assert report["score"] == metrics["rsna_score"]
     assert metrics["ablation"]["ensemble"]["score"] == metrics["rsna_score"]
     tuned = json.loads((root / "results/tuning/ensemble.json").read_text())
-    assert tuned["untuned"]["rsna_score"] is None or tuned["rsna_score"] >= tuned["untuned"]["rsna_score"]
+    assert (
+        tuned["untuned"]["rsna_score"] is None
+        or tuned["rsna_score"] >= tuned["untuned"]["rsna_score"]
+    )
 
 
 def commit_all(root: Path, env: dict, message: str) -> None:
@@ -108,12 +134,18 @@ def test_a_second_checkout_pulls_data_and_weights_and_reproduces_the_metrics(clo
     second = tmp_path / "second"
     run(["git", "clone", "-q", str(root), str(second)], tmp_path, env)
     run(["dvc", "pull"], second, env)
-    for pulled in ("models/imported/nih_test_resnet.pt", "data/split/folds.parquet", "models/detector/fold0/model.pt"):
+    for pulled in (
+        "models/imported/nih_test_resnet.pt",
+        "data/split/folds.parquet",
+        "models/detector/fold0/model.pt",
+    ):
         assert (second / pulled).read_bytes() == (root / pulled).read_bytes(), pulled
     # Same seeds on CPU: retraining on the second checkout gives the first's numbers.
     run(["dvc", "repro", "--force", "--single-item", "pretrain", "train_detector@0"], second, env)
     for metrics in ("results/pretrain/metrics.json", "results/detector/folds/fold0/metrics.json"):
-        assert json.loads((second / metrics).read_text()) == json.loads((root / metrics).read_text()), metrics
+        assert json.loads((second / metrics).read_text()) == json.loads(
+            (root / metrics).read_text()
+        ), metrics
 
 
 def test_queued_experiments_log_to_the_projects_store_tagged_with_their_names(clone):
@@ -144,7 +176,8 @@ def _running_stage_pid(root: Path, run_name: str) -> int | None:
     with sqlite3.connect(root / "mlruns" / "mlflow.db") as db:
         found = db.execute(
             "SELECT t.value FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
-            "WHERE r.name = ? AND r.status = 'RUNNING' AND t.key = 'cxrdet.pid'", (run_name,)
+            "WHERE r.name = ? AND r.status = 'RUNNING' AND t.key = 'cxrdet.pid'",
+            (run_name,),
         ).fetchall()
     return int(found[0][0]) if found else None
 
@@ -160,7 +193,9 @@ def test_a_fold_stage_killed_mid_training_resumes_on_the_next_repro(clone, tmp_p
     for attempt, signum in enumerate((signal.SIGTERM, signal.SIGKILL)):
         seen = checkpoint.stat().st_mtime_ns if checkpoint.exists() else None
         with open(tmp_path / f"attempt{attempt}.log", "w") as log:
-            process = subprocess.Popen(stage, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(
+                stage, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
         deadline = time.monotonic() + 600
         while not (checkpoint.exists() and checkpoint.stat().st_mtime_ns != seen):  # an epoch ended
             assert process.poll() is None, (tmp_path / f"attempt{attempt}.log").read_text()[-3000:]
@@ -174,9 +209,15 @@ def test_a_fold_stage_killed_mid_training_resumes_on_the_next_repro(clone, tmp_p
 
     done = run(stage, root, env)
     assert "resuming from" in done.stdout + done.stderr
-    assert json.loads(metrics.read_text()) == uninterrupted  # the same numbers as a run never killed
+    assert (
+        json.loads(metrics.read_text()) == uninterrupted
+    )  # the same numbers as a run never killed
     assert not checkpoint.parent.parent.exists()
     with sqlite3.connect(root / "mlruns" / "mlflow.db") as db:
-        statuses = [status for (status,) in db.execute(
-            "SELECT status FROM runs WHERE name = 'train_detector@1' ORDER BY start_time")]
+        statuses = [
+            status
+            for (status,) in db.execute(
+                "SELECT status FROM runs WHERE name = 'train_detector@1' ORDER BY start_time"
+            )
+        ]
     assert statuses[-3:] == ["KILLED", "KILLED", "FINISHED"] and "RUNNING" not in statuses

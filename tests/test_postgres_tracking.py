@@ -16,11 +16,11 @@ import mlflow
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
-from test_registry import CONSTANT_MODEL, aliases, register
-from test_tracking_store import PARALLEL_STAGE
 
 from cxrdet.tracking import registry
 from cxrdet.tracking.store import configure, ensure_experiment
+from test_registry import CONSTANT_MODEL, aliases, register
+from test_tracking_store import PARALLEL_STAGE
 
 pytest_plugins = ["postgres"]
 pytestmark = pytest.mark.slow

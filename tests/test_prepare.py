@@ -14,7 +14,9 @@ from cxrdet.errors import CxrdetError
 
 
 def options(**overrides) -> PrepareOptions:
-    return PrepareOptions(**({"image_size": 64, "workers": 1, "sample_grid": 4, "progress": False} | overrides))
+    return PrepareOptions(
+        **({"image_size": 64, "workers": 1, "sample_grid": 4, "progress": False} | overrides)
+    )
 
 
 def corrupted_rsna(demo_raw: Path, tmp_path: Path) -> tuple[Path, list[str]]:
@@ -101,12 +103,29 @@ def test_missing_raw_dir_is_a_clear_error(tmp_path):
 
 
 def test_cli_prepare_runs_and_reports(demo_raw, tmp_path):
-    command = [sys.executable, "-m", "cxrdet.cli", "prepare", "--source", "folder",
-               "--raw-dir", str(demo_raw / "folder"), "--out-dir", str(tmp_path / "out"),
-               "--image-size", "48", "--workers", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "cxrdet.cli",
+        "prepare",
+        "--source",
+        "folder",
+        "--raw-dir",
+        str(demo_raw / "folder"),
+        "--out-dir",
+        str(tmp_path / "out"),
+        "--image-size",
+        "48",
+        "--workers",
+        "1",
+    ]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr
     assert "images" in completed.stdout and (tmp_path / "out" / "images.parquet").exists()
-    missing = subprocess.run(command[:7] + [str(tmp_path / "nope")] + command[8:],
-                             capture_output=True, text=True, timeout=300)
+    missing = subprocess.run(
+        command[:7] + [str(tmp_path / "nope")] + command[8:],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert missing.returncode == 2 and "raw data folder not found" in missing.stderr

@@ -9,7 +9,18 @@ from cxrdet.cli import main
 def test_profile_apply_merges_keeps_comments_and_validates(project_root, tmp_path):
     params = tmp_path / "params.yaml"
     shutil.copy(project_root / "params.yaml", params)
-    assert main(["profile", "apply", str(project_root / "profiles/vinbigdata-gpu.yaml"), "--params", str(params)]) == 0
+    assert (
+        main(
+            [
+                "profile",
+                "apply",
+                str(project_root / "profiles/vinbigdata-gpu.yaml"),
+                "--params",
+                str(params),
+            ]
+        )
+        == 0
+    )
     text = params.read_text()
     merged = yaml.safe_load(text)
     assert merged["data"]["detect"] == {
@@ -34,7 +45,9 @@ def test_profile_apply_refuses_an_invalid_result(project_root, tmp_path, capsys)
     assert params.read_text() == before  # nothing written
 
 
-@pytest.mark.parametrize("command", [["--help"], ["prepare", "--help"], ["profile", "apply", "--help"]])
+@pytest.mark.parametrize(
+    "command", [["--help"], ["prepare", "--help"], ["profile", "apply", "--help"]]
+)
 def test_cli_help_smoke(command):
     with pytest.raises(SystemExit) as exit_info:
         main(command)

@@ -77,18 +77,33 @@ def images(demo_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     pixels = Image.fromarray(read_image(dicoms[2])).resize((100, 90))
     pixels.save(folder / "as_png.png")
     pixels.save(folder / "as_jpeg.jpg", quality=95)
-    return {**{k: Path(v) for k, v in files.items()}, "as_png": folder / "as_png.png", "as_jpeg": folder / "as_jpeg.jpg"}
+    return {
+        **{k: Path(v) for k, v in files.items()},
+        "as_png": folder / "as_png.png",
+        "as_jpeg": folder / "as_jpeg.jpg",
+    }
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return bench.untrained_bundle(bench.flowing_params(small_params()), tmp_path_factory.mktemp("bundle") / "bundle")
+    return bench.untrained_bundle(
+        bench.flowing_params(small_params()), tmp_path_factory.mktemp("bundle") / "bundle"
+    )
 
 
 @pytest.fixture(scope="module")
-def saved(bundle: Path, images: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+def saved(
+    bundle: Path, images: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, list[str]]:
     """The model saved with the network refused: (its directory, connection attempts)."""
-    example = pd.DataFrame({"image_id": ["example"], "image": [png_example(images["as_png"], {"low_percentile": 0.5, "high_percentile": 99.5}, 64)]})
+    example = pd.DataFrame(
+        {
+            "image_id": ["example"],
+            "image": [
+                png_example(images["as_png"], {"low_percentile": 0.5, "high_percentile": 99.5}, 64)
+            ],
+        }
+    )
     with no_network() as attempts:
         path = save_ensemble(bundle, example, tmp_path_factory.mktemp("model") / "model")
     return path, attempts
@@ -110,13 +125,21 @@ def test_model_is_saved_from_code_offline_with_explicit_requirements_and_signatu
     assert attempts == []
     mlmodel = yaml.safe_load((path / "MLmodel").read_text())
     flavor = mlmodel["flavors"]["python_function"]
-    assert flavor["model_code_path"].endswith("model_code.py") and "python_model" not in flavor  # no pickle
+    assert (
+        flavor["model_code_path"].endswith("model_code.py") and "python_model" not in flavor
+    )  # no pickle
     assert not list(path.rglob("*.pkl"))
     assert (path / "requirements.txt").read_text().split() == pip_requirements()
     inputs = json.loads(mlmodel["signature"]["inputs"])
-    assert [(c["name"], c["required"]) for c in inputs] == [("image_id", True), ("image", False), ("path", False)]
+    assert [(c["name"], c["required"]) for c in inputs] == [
+        ("image_id", True),
+        ("image", False),
+        ("path", False),
+    ]
     assert [c["name"] for c in json.loads(mlmodel["signature"]["outputs"])] == OUTPUT_COLUMNS
-    assert (path / "input_example.json").is_file() and (path / "code" / "cxrdet" / "serving" / "model_code.py").is_file()
+    assert (path / "input_example.json").is_file() and (
+        path / "code" / "cxrdet" / "serving" / "model_code.py"
+    ).is_file()
     weights = list((path / "artifacts").rglob("*.pt"))
     assert len(weights) == 2 * 1 + 2  # two classifier variants of fold 0, two fold detectors
     for file in weights:
@@ -125,32 +148,59 @@ def test_model_is_saved_from_code_offline_with_explicit_requirements_and_signatu
 
 def test_predictions_equal_the_predictor_on_dicom_png_jpeg_and_paths(model, bundle, images):
     ids = list(images)
-    frame = pd.DataFrame({
-        "image_id": ids,
-        "image": [encoded(images[i]) if i != "as_jpeg" else None for i in ids],
-        "path": [str(images[i]) if i == "as_jpeg" else None for i in ids],
-    })
+    frame = pd.DataFrame(
+        {
+            "image_id": ids,
+            "image": [encoded(images[i]) if i != "as_jpeg" else None for i in ids],
+            "path": [str(images[i]) if i == "as_jpeg" else None for i in ids],
+        }
+    )
     output = model.predict(frame)
     assert list(output.columns) == OUTPUT_COLUMNS and output["image_id"].tolist() == ids
     expected = EnsemblePredictor.load(bundle).predict([images[i] for i in ids], ids)
     assert len(expected.boxes) > 0  # untrained, but no gate or cut: boxes flow through
     assert box_difference(output_boxes(output), expected.boxes) is None
-    assert output["PredictionString"].tolist() == [s for _, s in prediction_strings(expected.boxes, "rsna", image_ids=ids)]
-    assert output["probability"].tolist() == pytest.approx(expected.probabilities["opacity"].reindex(ids).tolist())
+    assert output["PredictionString"].tolist() == [
+        s for _, s in prediction_strings(expected.boxes, "rsna", image_ids=ids)
+    ]
+    assert output["probability"].tolist() == pytest.approx(
+        expected.probabilities["opacity"].reindex(ids).tolist()
+    )
     png = output.set_index("image_id").loc["as_png", "boxes"]
-    assert png and all(b["x"] >= -1 and b["x"] + b["w"] <= 101 and b["y"] + b["h"] <= 91 for b in png)  # its own pixels
+    assert png and all(
+        b["x"] >= -1 and b["x"] + b["w"] <= 101 and b["y"] + b["h"] <= 91 for b in png
+    )  # its own pixels
 
 
 @pytest.mark.parametrize(
     ("frame", "expected"),
     [
         (pd.DataFrame({"image": ["eA=="]}), "image_id"),
-        (pd.DataFrame({"image_id": ["a"], "image": [None], "path": [None]}), "row 0 (image_id 'a'): give exactly one of"),
-        (pd.DataFrame({"image_id": ["a"], "image": ["%%% not base64"]}), "row 0 (image_id 'a'), column image: not valid base64"),
-        (pd.DataFrame({"image_id": ["a", "b"], "image": ["iVBORw0KGgo=", base64.b64encode(b"hello world").decode()]}),
-         "row 1 (image_id 'b'), column image: not a DICOM, PNG or JPEG"),
-        (pd.DataFrame({"image_id": ["a"], "path": ["/nonexistent/x.dcm"]}), "row 0 (image_id 'a'), column path (/nonexistent/x.dcm): file not found"),
-        (pd.DataFrame({"image_id": ["a", "a"], "path": ["x.png", "y.png"]}), "row 1 (image_id 'a'): the same image_id as row 0"),
+        (
+            pd.DataFrame({"image_id": ["a"], "image": [None], "path": [None]}),
+            "row 0 (image_id 'a'): give exactly one of",
+        ),
+        (
+            pd.DataFrame({"image_id": ["a"], "image": ["%%% not base64"]}),
+            "row 0 (image_id 'a'), column image: not valid base64",
+        ),
+        (
+            pd.DataFrame(
+                {
+                    "image_id": ["a", "b"],
+                    "image": ["iVBORw0KGgo=", base64.b64encode(b"hello world").decode()],
+                }
+            ),
+            "row 1 (image_id 'b'), column image: not a DICOM, PNG or JPEG",
+        ),
+        (
+            pd.DataFrame({"image_id": ["a"], "path": ["/nonexistent/x.dcm"]}),
+            "row 0 (image_id 'a'), column path (/nonexistent/x.dcm): file not found",
+        ),
+        (
+            pd.DataFrame({"image_id": ["a", "a"], "path": ["x.png", "y.png"]}),
+            "row 1 (image_id 'a'): the same image_id as row 0",
+        ),
     ],
     ids=["no-image-id", "neither", "bad-base64", "not-an-image", "missing-file", "duplicate-id"],
 )
@@ -162,7 +212,9 @@ def test_bad_input_is_an_error_naming_row_and_column(model, frame, expected):
 
 def test_a_truncated_dicom_names_its_row(model, images):
     data = next(p for k, p in images.items() if p.suffix == ".dcm").read_bytes()
-    frame = pd.DataFrame({"image_id": ["cut"], "image": [base64.b64encode(data[: len(data) // 3]).decode()]})
+    frame = pd.DataFrame(
+        {"image_id": ["cut"], "image": [base64.b64encode(data[: len(data) // 3]).decode()]}
+    )
     with pytest.raises(MlflowException) as raised:
         model.predict(frame)
     assert "row 0 (image_id 'cut'), column image:" in raised.value.message
@@ -171,5 +223,7 @@ def test_a_truncated_dicom_names_its_row(model, images):
 def test_file_types_are_sniffed_from_their_first_bytes(images):
     assert image_suffix(images["as_png"].read_bytes()) == ".png"
     assert image_suffix(images["as_jpeg"].read_bytes()) == ".jpg"
-    assert image_suffix(next(p for p in images.values() if p.suffix == ".dcm").read_bytes()) == ".dcm"
+    assert (
+        image_suffix(next(p for p in images.values() if p.suffix == ".dcm").read_bytes()) == ".dcm"
+    )
     assert image_suffix(b"GIF89a" + bytes(200)) is None

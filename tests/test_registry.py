@@ -21,7 +21,7 @@ from cxrdet.tracking import registry
 from cxrdet.tracking.store import configure, ensure_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
-CONSTANT_MODEL = '''
+CONSTANT_MODEL = """
 import mlflow
 import pandas as pd
 
@@ -32,7 +32,7 @@ class Constant(mlflow.pyfunc.PythonModel):
 
 
 mlflow.models.set_model(Constant())
-'''
+"""
 HOLDOUT = {registry.HOLDOUT_TAG: "holdout-a", "cxrdet.data_hash": "data-a"}
 
 
@@ -48,22 +48,33 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     code = root / "constant_model.py"
     code.write_text(CONSTANT_MODEL)
     with mlflow.start_run(experiment_id=ensure_experiment("registry-test", root)):
-        info = mlflow.pyfunc.log_model(name="model", python_model=str(code), pip_requirements=["mlflow"])
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=str(code), pip_requirements=["mlflow"]
+        )
     return root, info.model_uri
 
 
-def register(store: tuple[Path, str], name: str, score: float | None, holdout: dict[str, str] = HOLDOUT,
-             min_delta: float = 0.01) -> tuple[str, registry.Decision]:
+def register(
+    store: tuple[Path, str],
+    name: str,
+    score: float | None,
+    holdout: dict[str, str] = HOLDOUT,
+    min_delta: float = 0.01,
+) -> tuple[str, registry.Decision]:
     """What the register stage does: a version, its gate decision recorded."""
     metrics = {"rsna_score": score, "auc": 0.9, "n_images": 18}
-    version = registry.register_version(name, store[1], registry.version_tags(metrics, "rsna_score", holdout))
+    version = registry.register_version(
+        name, store[1], registry.version_tags(metrics, "rsna_score", holdout)
+    )
     decision = registry.gate(name, version.version, min_delta)
     registry.decide(name, version.version, decision)
     return str(version.version), decision
 
 
 def aliases(name: str) -> dict[str, str]:
-    return {alias: str(v) for alias, v in registry.client().get_registered_model(name).aliases.items()}
+    return {
+        alias: str(v) for alias, v in registry.client().get_registered_model(name).aliases.items()
+    }
 
 
 def test_second_version_is_challenger_and_champion_moves_only_when_better(store):
@@ -73,7 +84,9 @@ def test_second_version_is_challenger_and_champion_moves_only_when_better(store)
     second, decision = register(store, name, 0.305)  # gains 0.005 < min_delta 0.01
     assert not decision.promote and "does not beat champion version 1" in decision.reason
     assert aliases(name) == {"champion": first, "challenger": second}
-    assert "not promoted" in registry.client().get_model_version(name, second).tags[registry.GATE_TAG]
+    assert (
+        "not promoted" in registry.client().get_model_version(name, second).tags[registry.GATE_TAG]
+    )
     third, decision = register(store, name, 0.35)
     assert decision.promote and aliases(name) == {"champion": third, "challenger": third}
     assert registry.champion_history(name) == [first, third]
@@ -87,7 +100,9 @@ def test_second_version_is_challenger_and_champion_moves_only_when_better(store)
 def test_gate_refuses_another_holdout_or_a_missing_score_and_force_overrides(store):
     name = "cxrdet-gate"
     first, _ = register(store, name, 0.30)
-    other, decision = register(store, name, 0.90, holdout={registry.HOLDOUT_TAG: "holdout-b", "cxrdet.data_hash": "data-b"})
+    other, decision = register(
+        store, name, 0.90, holdout={registry.HOLDOUT_TAG: "holdout-b", "cxrdet.data_hash": "data-b"}
+    )
     assert not decision.promote and "another holdout" in decision.reason
     unscored, decision = register(store, name, None)
     assert not decision.promote and "has no holdout rsna_score" in decision.reason
@@ -103,7 +118,10 @@ def test_gate_refuses_another_holdout_or_a_missing_score_and_force_overrides(sto
 def test_alias_uris_resolve_to_the_version_they_point_to(store):
     name = "cxrdet-resolve"
     first, _ = register(store, name, 0.2)
-    assert registry.resolve(f"models:/{name}@champion") == (f"models:/{name}/{first}", f"models:/{name}@champion -> version {first}")
+    assert registry.resolve(f"models:/{name}@champion") == (
+        f"models:/{name}/{first}",
+        f"models:/{name}@champion -> version {first}",
+    )
     assert registry.resolve("runs:/abc/model") == ("runs:/abc/model", None)
     with pytest.raises(CxrdetError, match="has no alias 'staging'"):
         registry.resolve(f"models:/{name}@staging")
@@ -122,10 +140,15 @@ def test_registry_cli_lists_promotes_and_rolls_back(store, monkeypatch, capsys):
 
     assert cxrdet_main(["registry", "list"]) == 0
     listing = capsys.readouterr().out
-    assert listing.startswith(f"{name}: 2 versions") and "champion" in listing and "0.3010" in listing
+    assert (
+        listing.startswith(f"{name}: 2 versions") and "champion" in listing and "0.3010" in listing
+    )
     assert cxrdet_main(["registry", "list", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["versions"]
-    assert [(r["version"], r["aliases"], r["score"]) for r in rows] == [(2, ["challenger"], 0.301), (1, ["champion"], 0.30)]
+    assert [(r["version"], r["aliases"], r["score"]) for r in rows] == [
+        (2, ["challenger"], 0.301),
+        (1, ["champion"], 0.30),
+    ]
     assert rows[0]["tags"][registry.HOLDOUT_TAG] == "holdout-a" and rows[0]["metrics"]["auc"] == 0.9
 
     assert cxrdet_main(["registry", "promote", "--version", second]) == 1  # gains 0.001 < min_delta

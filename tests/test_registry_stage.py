@@ -14,11 +14,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from prepared_demo import prepare_project
-from test_ensemble_stages import run, stage, tiny_params, write_fold_outputs
 
 from cxrdet.data.folds import HOLDOUT
 from cxrdet.serving.check import box_difference, submission_boxes
+from test_ensemble_stages import run, stage, tiny_params, write_fold_outputs
+
+from prepared_demo import prepare_project
 
 pytestmark = pytest.mark.slow
 NAME = "cxrdet-rsna"
@@ -51,13 +52,22 @@ def test_register_twice_then_predict_by_alias_offline_equals_evaluate(project, t
     second = json.loads((project / "results/register/register.json").read_text())
     assert second["version"] == 2 and not second["promoted"] and second["champion"] == 1
     assert "does not beat champion version 1" in second["reason"] and "not promoted" in done.stdout
-    assert {"cxrdet.holdout_hash", "cxrdet.data_hash", "cxrdet.params_hash", "cxrdet.git_commit"} <= set(second["tags"])
+    assert {
+        "cxrdet.holdout_hash",
+        "cxrdet.data_hash",
+        "cxrdet.params_hash",
+        "cxrdet.git_commit",
+    } <= set(second["tags"])
 
-    listing = json.loads(run(project, sys.executable, "-m", "cxrdet.cli", "registry", "list", "--json").stdout)
+    listing = json.loads(
+        run(project, sys.executable, "-m", "cxrdet.cli", "registry", "list", "--json").stdout
+    )
     rows = {row["version"]: row for row in listing["versions"]}
     assert rows[1]["aliases"] == ["champion"] and rows[2]["aliases"] == ["challenger"]
     metrics = json.loads((project / "results/evaluate/metrics.json").read_text())
-    assert rows[2]["score"] == pytest.approx(metrics["rsna_score"]) and rows[2]["metrics"]["auc"] == pytest.approx(metrics["auc"])
+    assert rows[2]["score"] == pytest.approx(metrics["rsna_score"]) and rows[2]["metrics"][
+        "auc"
+    ] == pytest.approx(metrics["auc"])
 
     split = pd.read_parquet(project / "data/split/folds.parquet")
     holdout = sorted(split.loc[split["fold"] == HOLDOUT, "image_id"])
@@ -66,9 +76,30 @@ def test_register_twice_then_predict_by_alias_offline_equals_evaluate(project, t
     raw = Path(yaml.safe_load((project / "params.yaml").read_text())["data"]["detect"]["raw_dir"])
     for image_id in holdout:
         shutil.copy(raw / "stage_2_train_images" / f"{image_id}.dcm", images)
-    done = run(project, sys.executable, "-c", OFFLINE_CXRDET, "predict", "--model", f"models:/{NAME}@champion",
-               "--input", str(images), "--format", "rsna", "--out", str(tmp_path / "sub.csv"), "--no-progress")
+    done = run(
+        project,
+        sys.executable,
+        "-c",
+        OFFLINE_CXRDET,
+        "predict",
+        "--model",
+        f"models:/{NAME}@champion",
+        "--input",
+        str(images),
+        "--format",
+        "rsna",
+        "--out",
+        str(tmp_path / "sub.csv"),
+        "--no-progress",
+    )
     assert f"models:/{NAME}@champion -> version 1" in done.stderr
-    expected = submission_boxes(project / "results/evaluate/submission.csv", "rsna", ["Lung Opacity"], holdout)
+    expected = submission_boxes(
+        project / "results/evaluate/submission.csv", "rsna", ["Lung Opacity"], holdout
+    )
     assert len(expected) > 0
-    assert box_difference(submission_boxes(tmp_path / "sub.csv", "rsna", ["Lung Opacity"], holdout), expected) is None
+    assert (
+        box_difference(
+            submission_boxes(tmp_path / "sub.csv", "rsna", ["Lung Opacity"], holdout), expected
+        )
+        is None
+    )

@@ -16,7 +16,7 @@ from cxrdet.models.retinanet import (
     RetinaNetLoss,
     create_detector_backbone,
     decode,
-    image_probabilities,
+    global_head_probabilities,
     load_detector,
     pyramid_levels,
     save_detector,
@@ -31,7 +31,9 @@ def tiny_model(p2: bool = False, **overrides) -> RetinaNet:
     backbone = create_detector_backbone(BACKBONE)
     _, strides = pyramid_levels(backbone.feature_info, p2)
     settings = {"fpn_channels": 16, "head_convs": 1, "image_classes": 3, "p2": p2, **overrides}
-    config = RetinaNetConfig(BACKBONE, 1, anchors_from_base(2, strides, (1.0, 1.26), (0.5, 1.0, 2.0)), **settings)
+    config = RetinaNetConfig(
+        BACKBONE, 1, anchors_from_base(2, strides, (1.0, 1.26), (0.5, 1.0, 2.0)), **settings
+    )
     return RetinaNet(config, backbone)
 
 
@@ -45,7 +47,12 @@ def test_images_without_boxes_give_a_positive_finite_loss(count):
     criterion = RetinaNetLoss(model.box_coder)
     outputs = model(images(count))
     empty = [torch.zeros(0, 4)] * count
-    loss, parts = criterion(outputs, empty, [torch.zeros(0, dtype=torch.int64)] * count, torch.zeros(count, dtype=torch.int64))
+    loss, parts = criterion(
+        outputs,
+        empty,
+        [torch.zeros(0, dtype=torch.int64)] * count,
+        torch.zeros(count, dtype=torch.int64),
+    )
     assert torch.isfinite(loss) and loss.item() > 0
     assert parts["cls"] > 0 and parts["box"] == 0.0
     loss.backward()  # every head takes part, even with no positive anchor
@@ -59,14 +66,16 @@ def test_mixed_batch_loss_counts_both_heads():
     labels = [torch.zeros(1, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)]
     loss, parts = criterion(model(images(2)), boxes, labels, torch.tensor([2, 0]))
     assert parts["box"] > 0 and parts["global"] > 0
-    assert loss.item() == pytest.approx(parts["cls"] + parts["box"] + 0.1 * parts["global"], rel=1e-5)
+    assert loss.item() == pytest.approx(
+        parts["cls"] + parts["box"] + 0.1 * parts["global"], rel=1e-5
+    )
 
 
 def test_global_head_output_shape():
     model = tiny_model().eval()
     outputs = model(images(2))
     assert outputs["image_logits"].shape == (2, 3)
-    probs = image_probabilities(outputs)
+    probs = global_head_probabilities(outputs)
     assert torch.allclose(probs.sum(dim=1), torch.ones(2))
     assert "image_logits" not in tiny_model(image_classes=0).eval()(images(1))
 
@@ -101,7 +110,9 @@ def test_frozen_encoder_gets_no_gradient_and_keeps_its_statistics():
 def test_frozen_batch_norm_option():
     model = tiny_model(frozen_bn=True)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.backbone.modules())
-    assert any(isinstance(m, (FrozenBatchNorm2d, FrozenBatchNormAct2d)) for m in model.backbone.modules())
+    assert any(
+        isinstance(m, (FrozenBatchNorm2d, FrozenBatchNormAct2d)) for m in model.backbone.modules()
+    )
 
 
 def test_decode_keeps_top_k_boxes_inside_the_image():

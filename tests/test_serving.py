@@ -11,7 +11,6 @@ import base64
 import mlflow
 import pandas as pd
 import pytest
-from test_pyfunc_model import bench, images, small_params  # noqa: F401  (fixture)
 
 from cxrdet.serving.check import box_difference, output_boxes
 from cxrdet.serving.inputs import frame_of, png_example
@@ -19,6 +18,7 @@ from cxrdet.serving.package import log_ensemble
 from cxrdet.serving.server import invoke, model_server, post
 from cxrdet.tracking import registry
 from cxrdet.tracking.store import configure, ensure_experiment
+from test_pyfunc_model import bench, images, small_params  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow
 NAME = "cxrdet-rsna"
@@ -32,8 +32,14 @@ def served(images, tmp_path_factory):  # noqa: F811
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         uri = configure(root)
     bundle = bench.untrained_bundle(bench.flowing_params(small_params()), root / "bundle")
-    example = pd.DataFrame({"image_id": ["example"],
-                            "image": [png_example(images["as_png"], {"low_percentile": 0.5, "high_percentile": 99.5}, 64)]})
+    example = pd.DataFrame(
+        {
+            "image_id": ["example"],
+            "image": [
+                png_example(images["as_png"], {"low_percentile": 0.5, "high_percentile": 99.5}, 64)
+            ],
+        }
+    )
     with mlflow.start_run(experiment_id=ensure_experiment("serving-test", root)):
         info = log_ensemble(bundle, example)
     version = registry.register_version(NAME, info.model_uri, {registry.HOLDOUT_TAG: "h"})
@@ -65,10 +71,21 @@ def test_garbage_gets_4xx_naming_the_problem_and_the_server_goes_on(served, imag
     dicom = next(p for p in images.values() if p.suffix == ".dcm")
     data = dicom.read_bytes()
     garbage = [
-        (pd.DataFrame({"image_id": ["junk"], "image": [base64.b64encode(b"just some text, not pixels").decode()]}),
-         "row 0 (image_id 'junk'), column image: not a DICOM, PNG or JPEG"),
-        (pd.DataFrame({"image_id": ["cut"], "image": [base64.b64encode(data[: len(data) // 3]).decode()]}),
-         "row 0 (image_id 'cut'), column image:"),
+        (
+            pd.DataFrame(
+                {
+                    "image_id": ["junk"],
+                    "image": [base64.b64encode(b"just some text, not pixels").decode()],
+                }
+            ),
+            "row 0 (image_id 'junk'), column image: not a DICOM, PNG or JPEG",
+        ),
+        (
+            pd.DataFrame(
+                {"image_id": ["cut"], "image": [base64.b64encode(data[: len(data) // 3]).decode()]}
+            ),
+            "row 0 (image_id 'cut'), column image:",
+        ),
         (pd.DataFrame({"image": [base64.b64encode(data).decode()]}), "image_id"),
     ]
     for frame, expected in garbage:

@@ -14,7 +14,6 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
-from test_pyfunc_model import bench, images, small_params  # noqa: F401  (fixture)
 
 from cxrdet.cli import main as cxrdet_main
 from cxrdet.errors import CxrdetError
@@ -23,6 +22,7 @@ from cxrdet.serving.package import log_ensemble
 from cxrdet.serving.spark import image_table
 from cxrdet.tracking import registry
 from cxrdet.tracking.store import configure, ensure_experiment
+from test_pyfunc_model import bench, images, small_params  # noqa: F401  (fixture)
 
 pytest_plugins = ["postgres"]
 NAME = "cxrdet-rsna"

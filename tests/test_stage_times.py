@@ -17,7 +17,9 @@ def test_top_level_stage_runs_since_a_moment_in_start_order(tmp_path, capsys, pr
         pass
     since = time.time()
     time.sleep(0.01)  # MLflow stores milliseconds: the next run starts strictly later
-    with stage_run("train_detector", root=tmp_path, experiment="timed", run_name="train_detector@1"):
+    with stage_run(
+        "train_detector", root=tmp_path, experiment="timed", run_name="train_detector@1"
+    ):
         time.sleep(0.2)
         with mlflow.start_run(run_name="trial 0", nested=True):
             pass
@@ -35,9 +37,13 @@ def test_top_level_stage_runs_since_a_moment_in_start_order(tmp_path, capsys, pr
     assert table.splitlines()[1].startswith("train_detector@1")
     assert table.splitlines()[-1].split()[0] == "sum"
 
-    shutil.copy(project_root / "params.yaml", tmp_path)  # the command reads the experiment name there
+    shutil.copy(
+        project_root / "params.yaml", tmp_path
+    )  # the command reads the experiment name there
     text = (tmp_path / "params.yaml").read_text()
     (tmp_path / "params.yaml").write_text(text.replace("experiment: cxrdet", "experiment: timed"))
     assert main(["stage-times", "--since", str(since), "--root", str(tmp_path)]) == 0
     assert "train_detector@1" in capsys.readouterr().out
-    assert format_timings(stage_timings(tmp_path, "timed", int(time.time() * 1000) + 60_000)).startswith("no stage ran")
+    assert format_timings(
+        stage_timings(tmp_path, "timed", int(time.time() * 1000) + 60_000)
+    ).startswith("no stage ran")

@@ -38,7 +38,11 @@ run_trials(study, objective, int(sys.argv[3]))
 def test_two_workers_share_one_journal_study_without_duplicate_trials(tmp_path):
     journal = tmp_path / "study.journal"
     workers = [
-        subprocess.Popen([sys.executable, "-c", WORKER, str(journal), str(seed), str(TRIALS)], stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(journal), str(seed), str(TRIALS)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for seed in (0, 1)
     ]
     for worker in workers:
@@ -50,13 +54,18 @@ def test_two_workers_share_one_journal_study_without_duplicate_trials(tmp_path):
     # Each worker stops once the study has TRIALS finished trials; the other may be mid-trial.
     assert TRIALS <= len(trials) <= TRIALS + 1
     assert study.best_value == max(trial.value for trial in trials)
-    assert study.best_params["x"] == next(t.params["x"] for t in trials if t.value == study.best_value)
+    assert study.best_params["x"] == next(
+        t.params["x"] for t in trials if t.value == study.best_value
+    )
     assert all(trial.state == optuna.trial.TrialState.COMPLETE for trial in trials)
     assert {trial.user_attrs["worker"] for trial in trials} == {"0", "1"}
 
 
 def test_a_plain_postgresql_url_gets_the_installed_driver():
-    assert storage_url("postgresql://u:pw@db:5432/optuna") == "postgresql+psycopg://u:pw@db:5432/optuna"
+    assert (
+        storage_url("postgresql://u:pw@db:5432/optuna")
+        == "postgresql+psycopg://u:pw@db:5432/optuna"
+    )
     assert storage_url("postgresql+psycopg2://u@db/optuna") == "postgresql+psycopg2://u@db/optuna"
     assert storage_url("sqlite:///study.db") == "sqlite:///study.db"
     with pytest.raises(CxrdetError, match="not a database URL"):
@@ -68,7 +77,10 @@ def test_an_unreachable_study_database_is_an_error_naming_it_without_its_passwor
         probe.bind(("127.0.0.1", 0))
         url = f"postgresql://optuna:secret@127.0.0.1:{probe.getsockname()[1]}/optuna"
     params = StudyParams(storage=url)
-    with pytest.raises(CxrdetError, match=r"study\.storage postgresql\+psycopg://optuna:\*\*\*@127.0.0.1:\d+/optuna: "
-                                          r"cannot open the database: .*refused") as error:
+    with pytest.raises(
+        CxrdetError,
+        match=r"study\.storage postgresql\+psycopg://optuna:\*\*\*@127.0.0.1:\d+/optuna: "
+        r"cannot open the database: .*refused",
+    ) as error:
         open_study("s", params, Path("unused.journal"), make_pruner(PrunerParams(name="none"), 1))
     assert "secret" not in str(error.value)

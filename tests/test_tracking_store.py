@@ -45,8 +45,12 @@ with stage_run("split", root=root, experiment="parallel", run_name=f"worker-{sys
 def test_parallel_first_stages_share_one_fresh_store(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     workers = [
-        subprocess.Popen([sys.executable, "-c", PARALLEL_STAGE, str(tmp_path), str(k)], env=env,
-                         stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", PARALLEL_STAGE, str(tmp_path), str(k)],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for k in range(4)
     ]
     time.sleep(3)  # let them import mlflow

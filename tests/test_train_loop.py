@@ -15,11 +15,11 @@ from cxrdet.data.augment import classifier_augmentation
 from cxrdet.data.datasets import CachedImages, ClassificationDataset, normalize, read_prepared
 from cxrdet.errors import CxrdetError
 from cxrdet.models.classifier import build_classifier
+from cxrdet.runtime.seed import configure_determinism, seed_everything
 from cxrdet.train.checkpoint import BEST, LAST
 from cxrdet.train.classifier import classification_targets
 from cxrdet.train.loop import fit
 from cxrdet.train.optim import lr_factor
-from cxrdet.train.seed import configure_determinism, seed_everything
 from cxrdet.train.tasks import SingleLabelTask, balanced_class_weights
 
 pytest_plugins = ["prepared_demo"]
@@ -216,21 +216,28 @@ def test_finished_run_returns_its_best_weights_and_changed_params_start_afresh(t
     assert changed.resumed_from == 0 and logged == [1, 2]
 
 
-
 def test_without_validation_the_last_epoch_is_kept_and_nothing_stops_early(tmp_path):
     """val_set None (a final model on every training image): every epoch runs despite the
     patience, no best checkpoint, the last epoch's weights; a finished run resumes to them."""
     optim = OptimParams(epochs=3, batch_size=8, patience=1, schedule=ScheduleParams(name="plateau"))
-    kwargs = dict(optim=optim, runtime=RUNTIME, device=CPU, checkpoint_dir=tmp_path, identity={"final": 1})
+    kwargs = dict(
+        optim=optim, runtime=RUNTIME, device=CPU, checkpoint_dir=tmp_path, identity={"final": 1}
+    )
     model = Tiny()
     result = fit(model, SingleLabelTask([1]), Noise(32), None, **kwargs)
     assert result.epochs == 3 and not result.stopped_early and result.best_epoch == 0
-    assert not (tmp_path / BEST).exists() and all(not any(k.startswith("val_") for k in h) for h in result.history)
+    assert not (tmp_path / BEST).exists() and all(
+        not any(k.startswith("val_") for k in h) for h in result.history
+    )
     last = torch.load(tmp_path / LAST, weights_only=True)
-    assert last["finished"] and all(torch.equal(v, last["model"][k]) for k, v in model.state_dict().items())
+    assert last["finished"] and all(
+        torch.equal(v, last["model"][k]) for k, v in model.state_dict().items()
+    )
     again = Tiny()
     resumed = fit(again, SingleLabelTask([1]), Noise(32), None, **kwargs)
-    assert resumed.resumed_from == 3 and all(torch.equal(v, last["model"][k]) for k, v in again.state_dict().items())
+    assert resumed.resumed_from == 3 and all(
+        torch.equal(v, last["model"][k]) for k, v in again.state_dict().items()
+    )
 
 
 def test_first_batch_outside_the_normalised_range_is_refused(tmp_path):

@@ -17,7 +17,6 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
-from worktree import copy_worktree
 import yaml
 
 from cxrdet.config import (
@@ -51,6 +50,8 @@ from cxrdet.tuning.study import (
     study_name,
 )
 
+from worktree import copy_worktree
+
 pytest_plugins = ["prepared_demo"]
 ROOT = Path(__file__).resolve().parents[1]
 STRIDES = (8, 16, 32, 64, 128)
@@ -58,7 +59,7 @@ STRIDES = (8, 16, 32, 64, 128)
 
 def quadratic(trial: optuna.Trial) -> float:
     x = trial.suggest_float("x", -2.0, 2.0)
-    return -(x - 1.0) ** 2
+    return -((x - 1.0) ** 2)
 
 
 def test_journal_study_resumes_and_counts_finished_trials(tmp_path):
@@ -66,7 +67,9 @@ def test_journal_study_resumes_and_counts_finished_trials(tmp_path):
     study = open_study("s", StudyParams(seed=3), journal, make_pruner(PrunerParams(name="none"), 1))
     run_trials(study, quadratic, 3)
     assert finished_trials(study) == 3
-    reopened = open_study("s", StudyParams(seed=3), journal, make_pruner(PrunerParams(name="none"), 1))
+    reopened = open_study(
+        "s", StudyParams(seed=3), journal, make_pruner(PrunerParams(name="none"), 1)
+    )
     run_trials(reopened, quadratic, 5)  # a resumed run adds only what is missing
     assert finished_trials(reopened) == 5
     run_trials(reopened, quadratic, 5)
@@ -76,7 +79,12 @@ def test_journal_study_resumes_and_counts_finished_trials(tmp_path):
 def test_seeded_tpe_replays(tmp_path):
     suggested = []
     for run in range(2):
-        study = open_study("s", StudyParams(seed=11, startup_trials=2), tmp_path / f"{run}.journal", optuna.pruners.NopPruner())
+        study = open_study(
+            "s",
+            StudyParams(seed=11, startup_trials=2),
+            tmp_path / f"{run}.journal",
+            optuna.pruners.NopPruner(),
+        )
         run_trials(study, quadratic, 4)
         suggested.append([t.params["x"] for t in study.trials])
     assert suggested[0] == suggested[1]
@@ -105,7 +113,9 @@ def test_epoch_reports_prune_hopeless_trials(tmp_path, name):
 
 
 def test_a_report_only_trial_runs_all_its_epochs_however_low_it_scores(tmp_path):
-    pruner = make_pruner(PrunerParams(name="median", startup_trials=1, warmup_epochs=0), max_epochs=3)
+    pruner = make_pruner(
+        PrunerParams(name="median", startup_trials=1, warmup_epochs=0), max_epochs=3
+    )
     study = open_study("r", StudyParams(seed=0), tmp_path / "r.journal", pruner)
 
     def objective(trial: optuna.Trial) -> float:
@@ -138,8 +148,14 @@ def test_trials_are_nested_mlflow_runs_tagged_with_their_state(tmp_path):
             "SELECT r.name, r.status, t.value FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
             "WHERE t.key = 'optuna.state' ORDER BY r.name"
         ).fetchall()
-        parents = {v for (v,) in db.execute("SELECT value FROM tags WHERE key = 'mlflow.parentRunId'")}
-    assert rows == [("trial-0", "FINISHED", "COMPLETE"), ("trial-1", "FINISHED", "PRUNED"), ("trial-2", "FINISHED", "COMPLETE")]
+        parents = {
+            v for (v,) in db.execute("SELECT value FROM tags WHERE key = 'mlflow.parentRunId'")
+        }
+    assert rows == [
+        ("trial-0", "FINISHED", "COMPLETE"),
+        ("trial-1", "FINISHED", "PRUNED"),
+        ("trial-2", "FINISHED", "COMPLETE"),
+    ]
     assert parents == {parent.info.run_id}
 
 
@@ -247,10 +263,17 @@ class AnchorStudy:
         # A budget that holds 3 of the 6 trials asked for.
         self.trial = 2 * (6 + len(self.sample))
         self.fold = self.detector.optim.epochs * (len(self.train) + len(self.val))
-        self.tune = params.tune_anchors.model_copy(update={
-            "trials": 6, "epochs": 2, "subset": 6, "val_subset": 5, "min_bpr": 0.5,
-            "budget_fraction": 3.5 * self.trial / self.fold, "pruner": PrunerParams(name="none"),
-        })
+        self.tune = params.tune_anchors.model_copy(
+            update={
+                "trials": 6,
+                "epochs": 2,
+                "subset": 6,
+                "val_subset": 5,
+                "min_bpr": 0.5,
+                "budget_fraction": 3.5 * self.trial / self.fold,
+                "pruner": PrunerParams(name="none"),
+            }
+        )
         self.tmp_path, self.monkeypatch, self.calls = tmp_path, monkeypatch, []
 
     def run(self, min_gain: float = 0.01, killed: bool = False):
@@ -265,8 +288,16 @@ class AnchorStudy:
             with mlflow.start_run(run_name="tune_anchors"):
                 data = detector_data(self.prepared, self.detector)
                 return tune_anchors(
-                    self.detector, tune, data, self.prepared, self.train, self.val, None,
-                    self.tmp_path / "anchors.journal", self.tmp_path, False,
+                    self.detector,
+                    tune,
+                    data,
+                    self.prepared,
+                    self.train,
+                    self.val,
+                    None,
+                    self.tmp_path / "anchors.journal",
+                    self.tmp_path,
+                    False,
                 )
         finally:
             mlflow.set_tracking_uri(None)
@@ -309,7 +340,12 @@ def test_a_run_killed_in_the_configured_trial_trains_it_again_on_resume(
 def dvc(root: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
     done = subprocess.run(
         [str(Path(sys.executable).parent / "dvc"), *args],
-        cwd=root, env=env, capture_output=True, text=True, timeout=900, check=False,
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
     )
     assert done.returncode == 0, f"dvc {args}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done
@@ -334,15 +370,23 @@ def test_stage_through_dvc_disabled_then_enabled_then_resumed(demo_raw, tmp_path
     params["detector"] |= {"weights": "none", "frozen_bn": False, "freeze_encoder_epochs": 0}
     params["detector"]["optim"] |= {"batch_size": 4}
     params["tune_anchors"] |= {
-        "enabled": False, "trials": 3, "epochs": 1, "subset": 8, "val_subset": 4, "min_bpr": 0.0,
+        "enabled": False,
+        "trials": 3,
+        "epochs": 1,
+        "subset": 8,
+        "val_subset": 4,
+        "min_bpr": 0.0,
         "budget_fraction": None,  # the demo's fraction holds no trial of this tiny fold's
     }
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "CXRDET_"))}
     env |= {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"}
     env |= {"OMP_NUM_THREADS": "1"}
-    env |= {f"GIT_{who}_{what}": value for who in ("AUTHOR", "COMMITTER")
-            for what, value in (("NAME", "t"), ("EMAIL", "t@t"))}
+    env |= {
+        f"GIT_{who}_{what}": value
+        for who in ("AUTHOR", "COMMITTER")
+        for what, value in (("NAME", "t"), ("EMAIL", "t@t"))
+    }
     for command in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "snapshot"]):
         subprocess.run(["git", *command], cwd=root, env=env, capture_output=True, check=True)
     anchors, journal = root / "results/tuning/anchors.json", root / "results/tuning/anchors.journal"
@@ -357,10 +401,13 @@ def test_stage_through_dvc_disabled_then_enabled_then_resumed(demo_raw, tmp_path
     assert tuned["source"] == "tune_anchors" and sum(tuned["trials"].values()) == 3
     assert {"configured_rsna", "best_rsna"} <= set(tuned) and tuned["val_images"] >= 4
     with sqlite3.connect(root / "mlruns/mlflow.db") as db:
-        logged = {key for (key,) in db.execute(
-            "SELECT m.key FROM metrics m JOIN runs r ON r.run_uuid = m.run_uuid "
-            "WHERE r.name = 'tune_anchors'"
-        )}
+        logged = {
+            key
+            for (key,) in db.execute(
+                "SELECT m.key FROM metrics m JOIN runs r ON r.run_uuid = m.run_uuid "
+                "WHERE r.name = 'tune_anchors'"
+            )
+        }
     assert {"configured_rsna", "best_rsna"} <= logged
     study = journal.read_bytes()
     assert study

@@ -14,13 +14,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from prepared_demo import prepare_project
 
 from cxrdet.ensemble import EnsembleRecipe, Gating, MemberPredictions, apply_recipe
+from cxrdet.families import load_any_detector
 from cxrdet.infer.detector_tta import BOX_COLUMNS
 from cxrdet.infer.predictor import project_spec
-from cxrdet.models.families import load_any_detector
 from cxrdet.models.two_stage import TwoStageDetector
+
+from prepared_demo import prepare_project
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,9 +29,19 @@ VIEWS = 2  # {original, hflip}
 
 
 def run(root: Path, script: str, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {"CXRDET_ROOT": str(root), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, str(ROOT / "pipelines" / script), *args], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=900, check=False)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {
+        "CXRDET_ROOT": str(root),
+        "OMP_NUM_THREADS": "1",
+    }
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "pipelines" / script), *args],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
     return done
 
@@ -42,10 +53,17 @@ def test_one_fold_stage_trains_both_families_into_one_contract(demo_raw, tmp_pat
     params["train"] |= {"progress": False, "threads": 1}
     params["classifier"]["folds"] = [0, 1]
     params["tune_anchors"]["enabled"] = False
-    params["detector"] |= {"folds": [0, 1], "weights": "none", "families": ["retinanet", "two_stage"]}
+    params["detector"] |= {
+        "folds": [0, 1],
+        "weights": "none",
+        "families": ["retinanet", "two_stage"],
+    }
     params["detector"]["optim"] |= {"epochs": 2, "batch_size": 4}
     params["detector"]["tta"] |= {"hflip": True, "scales": [1.0], "batch_size": 4}
-    params["detector"]["two_stage"] |= {"optim": {**params["detector"]["optim"], "epochs": 2}, "relation": {"heads": 4, "geometry_dim": 16}}
+    params["detector"]["two_stage"] |= {
+        "optim": {**params["detector"]["optim"], "epochs": 2},
+        "relation": {"heads": 4, "geometry_dim": 16},
+    }
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     run(root, "tune_anchors.py")
     done = run(root, "train_detector.py", "--fold", "0")
@@ -57,17 +75,31 @@ def test_one_fold_stage_trains_both_families_into_one_contract(demo_raw, tmp_pat
         boxes = pd.read_parquet(results / f"{part}_boxes.parquet")
         images = pd.read_parquet(results / f"{part}_images.parquet")
         ids = set(split.loc[split["fold"] == fold, "image_id"])
-        assert list(boxes.columns) == BOX_COLUMNS and set(boxes["model"]) == {"retinanet", "two_stage"}
+        assert list(boxes.columns) == BOX_COLUMNS and set(boxes["model"]) == {
+            "retinanet",
+            "two_stage",
+        }
         assert len(images) == len(ids) * VIEWS * 2 and set(images["image_id"]) == ids
-        assert boxes[boxes["model"] == "two_stage"].groupby(["image_id", "view"]).size().max() <= 5  # 1st place: 5 boxes
+        assert (
+            boxes[boxes["model"] == "two_stage"].groupby(["image_id", "view"]).size().max() <= 5
+        )  # 1st place: 5 boxes
     metrics = json.loads((results / "metrics.json").read_text())
-    assert set(metrics["models"]) == {"retinanet", "two_stage"} and metrics["oof_rsna_score"] == metrics["models"]["retinanet"]["oof_rsna_score"]
+    assert (
+        set(metrics["models"]) == {"retinanet", "two_stage"}
+        and metrics["oof_rsna_score"] == metrics["models"]["retinanet"]["oof_rsna_score"]
+    )
     model, config = load_any_detector(root / "models/detector/fold0/two_stage.pt")
-    assert isinstance(model, TwoStageDetector) and config["name"] == "two_stage" and config["image_class_names"] == []
+    assert (
+        isinstance(model, TwoStageDetector)
+        and config["name"] == "two_stage"
+        and config["image_class_names"] == []
+    )
     assert not (root / "models/checkpoints/train_detector@0").exists()
 
     # detector_report scores each family on its own rows (of the one trained fold here).
-    (root / "params.yaml").write_text(yaml.safe_dump({**params, "detector": {**params["detector"], "folds": [0]}}))
+    (root / "params.yaml").write_text(
+        yaml.safe_dump({**params, "detector": {**params["detector"], "folds": [0]}})
+    )
     run(root, "detector_report.py")
     report = json.loads((root / "results/detector/metrics.json").read_text())
     assert set(report["models"]) == {"retinanet", "two_stage"}
@@ -78,15 +110,23 @@ def test_one_fold_stage_trains_both_families_into_one_contract(demo_raw, tmp_pat
 
     # The ensemble fuses both families of an image as two members, without special cases.
     oof = MemberPredictions(
-        pd.read_parquet(results / "oof_boxes.parquet"), pd.read_parquet(results / "oof_images.parquet"),
-        pd.DataFrame(columns=["image_id", "fold", "model", "view", "opacity"]), read_sizes(root),
+        pd.read_parquet(results / "oof_boxes.parquet"),
+        pd.read_parquet(results / "oof_images.parquet"),
+        pd.DataFrame(columns=["image_id", "fold", "model", "view", "opacity"]),
+        read_sizes(root),
     )
     fused = apply_recipe(oof, EnsembleRecipe(gating=Gating("none", {}), score_threshold=0.0)).boxes
     assert set(fused["image_id"]) <= set(split.loc[split["fold"] == 0, "image_id"]) and len(fused)
     assert not {"model", "fold"} & set(fused.columns)
-    (root / "results/tuning/ensemble.json").write_text(json.dumps({"recipe": EnsembleRecipe().to_dict()}))
-    assert project_spec(root).detectors == [f"models/detector/fold{k}/{name}" for k in (0, 1) for name in ("model.pt", "two_stage.pt")]
+    (root / "results/tuning/ensemble.json").write_text(
+        json.dumps({"recipe": EnsembleRecipe().to_dict()})
+    )
+    assert project_spec(root).detectors == [
+        f"models/detector/fold{k}/{name}" for k in (0, 1) for name in ("model.pt", "two_stage.pt")
+    ]
 
 
 def read_sizes(root: Path) -> pd.DataFrame:
-    return pd.read_parquet(root / "data/prepared/detect/images.parquet")[["image_id", "width", "height"]]
+    return pd.read_parquet(root / "data/prepared/detect/images.parquet")[
+        ["image_id", "width", "height"]
+    ]

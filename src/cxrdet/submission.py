@@ -259,22 +259,6 @@ def write_folder_submission(
     return _write_rows(path, [list(FOLDER_HEADER), *rows])
 
 
-def write_submission(
-    predictions: pd.DataFrame,
-    path: str | Path,
-    fmt: str,
-    class_names: Sequence[str],
-    *,
-    image_ids: Sequence[str] | None = None,
-) -> Path:
-    """The submission of format `fmt` (rsna, vinbigdata, folder) of the boxes."""
-    if fmt == "rsna":
-        return write_rsna_submission(predictions, path, image_ids=image_ids)
-    if fmt == "vinbigdata":
-        return write_vinbigdata_submission(predictions, path, image_ids=image_ids)
-    return write_folder_submission(predictions, path, class_names, image_ids=image_ids)
-
-
 def _rsna_values(row: np.ndarray) -> list[float]:
     x, y, w, h, conf, _ = row
     return [conf, x, y, w, h]
@@ -303,7 +287,10 @@ def prediction_strings(
     box, empty = _STRING_LAYOUTS[layout]
     frame = _checked(predictions)
     return [
-        (image_id, empty if group is None else " ".join(_format(v) for row in group for v in box(row)))
+        (
+            image_id,
+            empty if group is None else " ".join(_format(v) for row in group for v in box(row)),
+        )
         for image_id, group in _by_image(frame, _image_ids(frame, image_ids))
     ]
 

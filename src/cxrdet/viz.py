@@ -6,6 +6,7 @@ Boxes are a DataFrame in the image's own pixel coordinates with columns x, y, w,
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
     (128, 0, 0),
 )
 DEFAULT_COLOR = PALETTE[0]
+OVERLAY_TRUTH, OVERLAY_PREDICTION = 1, 0  # class ids picking the palette's colours: green, red
 _TITLE_HEIGHT = 16
 
 
@@ -135,3 +137,36 @@ def _draw_label(
     x, y = corner[0], corner[1] - height if corner[1] >= height else corner[1]
     draw.rectangle((x, y, x + right - left + 3, y + height), fill=(0, 0, 0))
     draw.text((x + 2, y + 1 - top), text, fill=color, font=font)
+
+
+def overlay_grid(
+    image_ids: Sequence[str],
+    truth: pd.DataFrame,
+    predicted: pd.DataFrame,
+    image_of: Callable[[str], tuple[np.ndarray, float, float]],
+    title_of: Callable[[str], str],
+    path: Path,
+    count: int = 12,
+) -> None:
+    """A PNG grid of `count` images (those with truth boxes first): truth boxes green,
+    predicted boxes red with their scores. Boxes are in original pixels; `image_of(image_id)`
+    gives the image drawn on and its (scale_x, scale_y) from original pixels."""
+    positive = set(truth["image_id"])
+    items = []
+    for image_id in sorted(image_ids, key=lambda i: (i not in positive, i))[:count]:
+        image, scale_x, scale_y = image_of(image_id)
+        drawn = pd.concat(
+            [
+                truth[truth["image_id"] == image_id][["x", "y", "w", "h"]].assign(
+                    class_id=OVERLAY_TRUTH, class_name="truth"
+                ),
+                predicted[predicted["image_id"] == image_id][["x", "y", "w", "h", "score"]].assign(
+                    class_id=OVERLAY_PREDICTION, class_name=""
+                ),
+            ],
+            ignore_index=True,
+        )
+        drawn[["x", "w"]] *= scale_x
+        drawn[["y", "h"]] *= scale_y
+        items.append((image, drawn, title_of(image_id)))
+    sample_grid(items, path)

@@ -10,7 +10,10 @@ FORMATS = ("rsna", "vinbigdata", "folder")  # submission layouts (cxrdet.submiss
 
 
 def add_command(
-    subparsers: argparse._SubParsersAction, name: str, help: str, doc: str | None,
+    subparsers: argparse._SubParsersAction,
+    name: str,
+    help: str,
+    doc: str | None,
     run: Callable[[argparse.Namespace], int],
 ) -> argparse.ArgumentParser:
     """A subcommand whose --help shows its module docstring `doc` as written; `run` runs it."""

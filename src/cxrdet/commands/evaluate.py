@@ -26,7 +26,9 @@ FUSE_IOU = 0.4
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = add_command(subparsers, "evaluate", "score a submission file against a truth file", __doc__, run)
+    parser = add_command(
+        subparsers, "evaluate", "score a submission file against a truth file", __doc__, run
+    )
     parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument(
         "--truth", required=True, type=Path, help="truth CSV in the format's layout"

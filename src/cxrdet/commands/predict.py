@@ -26,15 +26,35 @@ from cxrdet.serving.spark import add_arguments as add_engine_arguments
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = add_command(subparsers, "predict", "write a submission for a folder of images with the ensemble", __doc__, run)
-    parser.add_argument("--model", "--run-dir", dest="model", default=".",
-                        help="models:/<name>@<alias>, an MLflow model, a project root after `dvc repro`, "
-                             "or a model directory (predictor.json)")
-    parser.add_argument("--input", required=True, type=Path, help="folder of DICOM/PNG/JPEG images (searched recursively)")
-    parser.add_argument("--format", choices=FORMATS, help="submission layout (default: the training data's format)")
+    parser = add_command(
+        subparsers,
+        "predict",
+        "write a submission for a folder of images with the ensemble",
+        __doc__,
+        run,
+    )
+    parser.add_argument(
+        "--model",
+        "--run-dir",
+        dest="model",
+        default=".",
+        help="models:/<name>@<alias>, an MLflow model, a project root after `dvc repro`, "
+        "or a model directory (predictor.json)",
+    )
+    parser.add_argument(
+        "--input",
+        required=True,
+        type=Path,
+        help="folder of DICOM/PNG/JPEG images (searched recursively)",
+    )
+    parser.add_argument(
+        "--format", choices=FORMATS, help="submission layout (default: the training data's format)"
+    )
     parser.add_argument("--out", required=True, type=Path, help="submission CSV to write")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--chunk", type=int, default=64, help="images decoded and predicted together (memory bound)")
+    parser.add_argument(
+        "--chunk", type=int, default=64, help="images decoded and predicted together (memory bound)"
+    )
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     add_engine_arguments(parser)  # --engine spark: cxrdet.serving.spark
 
@@ -46,10 +66,10 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from cxrdet.errors import CxrdetError
-    from cxrdet.infer.predictor import image_files
+    from cxrdet.formats import output_format
+    from cxrdet.infer.predictor import find_images
     from cxrdet.paths import project_root
     from cxrdet.serving.load import load_predictor
-    from cxrdet.submission import write_folder_submission, write_rsna_submission, write_vinbigdata_submission
     from cxrdet.tracking.store import OFFLINE_ENV
 
     for key, value in OFFLINE_ENV.items():
@@ -60,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         from cxrdet.serving.spark import predict_on_spark
 
         return predict_on_spark(args)
-    found = list(image_files(args.input))
+    found = list(find_images(args.input))
     if not found:
         raise CxrdetError(f"{args.input}: no .dcm, .dicom, .png, .jpg or .jpeg images found")
     image_ids, paths = [i for i, _ in found], [p for _, p in found]
@@ -70,11 +90,6 @@ def run(args: argparse.Namespace) -> int:
     with tqdm(total=len(paths), desc="predict", unit="img", disable=not args.progress) as bar:
         result = predictor.predict(paths, image_ids, chunk=args.chunk, progress=bar.update)
     boxes = result.boxes
-    if fmt == "rsna":
-        write_rsna_submission(boxes, args.out, image_ids=image_ids)
-    elif fmt == "vinbigdata":
-        write_vinbigdata_submission(boxes, args.out, image_ids=image_ids)
-    else:
-        write_folder_submission(boxes, args.out, predictor.spec.class_names, image_ids=image_ids)
+    output_format(fmt).write_submission(boxes, args.out, predictor.spec.class_names, image_ids)
     print(f"{len(image_ids)} images, {len(boxes)} boxes -> {args.out} ({fmt})", file=sys.stderr)
     return 0

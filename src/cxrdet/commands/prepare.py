@@ -22,7 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--image-size", type=int, default=256, help="cache side in pixels")
     parser.add_argument("--workers", type=int, default=0, help="0 = one per CPU core")
     parser.add_argument("--on-bad-rows", choices=("raise", "drop"), default="raise")
-    parser.add_argument("--fuse-readers", action="store_true", help="VinBigData: WBF the readers' boxes")
+    parser.add_argument(
+        "--fuse-readers", action="store_true", help="VinBigData: WBF the readers' boxes"
+    )
     parser.add_argument("--max-rejected-fraction", type=float, default=0.05)
     parser.set_defaults(run=run)
 

@@ -20,19 +20,35 @@ from cxrdet.commands.arguments import add_command
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "registry", help="list, promote or roll back the registered ensemble's versions",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "registry",
+        help="list, promote or roll back the registered ensemble's versions",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     actions = parser.add_subparsers(dest="action", required=True)
     listing = add_command(actions, "list", "versions, aliases and holdout metrics", None, run_list)
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    promote = add_command(actions, "promote", "move alias champion to a version (with the gate's checks)", None, run_promote)
-    promote.add_argument("--version", required=True, type=version_number, help="the version to promote (1, 2, ...)")
-    promote.add_argument("--force", action="store_true", help="skip the checks (metric, holdout, min_delta)")
+    promote = add_command(
+        actions,
+        "promote",
+        "move alias champion to a version (with the gate's checks)",
+        None,
+        run_promote,
+    )
+    promote.add_argument(
+        "--version", required=True, type=version_number, help="the version to promote (1, 2, ...)"
+    )
+    promote.add_argument(
+        "--force", action="store_true", help="skip the checks (metric, holdout, min_delta)"
+    )
     promote.add_argument("--min-delta", type=float, help="default: params' register.min_delta")
-    rollback = add_command(actions, "rollback", "move alias champion back to the previous champion", None, run_rollback)
+    rollback = add_command(
+        actions, "rollback", "move alias champion back to the previous champion", None, run_rollback
+    )
     for action in (listing, promote, rollback):
-        action.add_argument("--name", help="registered model (default: params' register.model_name for the data)")
+        action.add_argument(
+            "--name", help="registered model (default: params' register.model_name for the data)"
+        )
 
 
 def version_number(text: str) -> str:
@@ -61,13 +77,18 @@ def run_list(args: argparse.Namespace) -> int:
 
     name, _ = model_name(args)
     rows = list_versions(name)
-    print(json.dumps({"name": name, "versions": rows}, indent=2) if args.json else table(name, rows))
+    print(
+        json.dumps({"name": name, "versions": rows}, indent=2) if args.json else table(name, rows)
+    )
     return 0
 
 
 def table(name: str, rows: list[dict[str, Any]]) -> str:
-    lines = [f"{name}: {len(rows)} versions", f"{'version':>7}  {'aliases':<21} {'metric':<11} {'score':>7} "
-             f"{'auc':>6}  {'created':<16}  {'holdout':<16}  {'commit':<8}  gate"]
+    lines = [
+        f"{name}: {len(rows)} versions",
+        f"{'version':>7}  {'aliases':<21} {'metric':<11} {'score':>7} "
+        f"{'auc':>6}  {'created':<16}  {'holdout':<16}  {'commit':<8}  gate",
+    ]
     for row in rows:
         auc = row["metrics"].get("auc")
         score = "n/a" if row["score"] is None else f"{row['score']:.4f}"
@@ -86,7 +107,9 @@ def run_promote(args: argparse.Namespace) -> int:
     name, params = model_name(args)
     min_delta = params.register.min_delta if args.min_delta is None else args.min_delta
     decision = promote(name, args.version, min_delta, force=args.force)
-    verdict = f"version {args.version} is now champion" if decision.promote else "champion unchanged"
+    verdict = (
+        f"version {args.version} is now champion" if decision.promote else "champion unchanged"
+    )
     print(f"{name}: {verdict}: {decision.reason}")
     return 0 if decision.promote else 1
 

@@ -30,7 +30,10 @@ def run(args: argparse.Namespace) -> int:
 
     params = load_params(args.root / "params.yaml")
     timings = stage_timings(
-        args.root.resolve(), params.tracking.experiment, int(args.since * 1000), params.tracking.tracking_uri
+        args.root.resolve(),
+        params.tracking.experiment,
+        int(args.since * 1000),
+        params.tracking.tracking_uri,
     )
     print(format_timings(timings))
     return 0

@@ -1,7 +1,7 @@
 """Typed, validated params: params.yaml (optionally with a profile merged over it).
 
 Every knob of every stage lives in params.yaml, grouped by stage; each group's section
-is defined in this package's modules (data, training, detector). Loading validates the
+is defined in this package's modules (data, training, detector, ensemble, tuning, register). Loading validates the
 whole file: an unknown key, a wrong type or an out-of-range value raises ConfigError
 naming the key (dotted path) and what is allowed.
 """
@@ -28,15 +28,11 @@ from cxrdet.config.detector import (
     AnchorParams,
     AnchorSearchParams,
     BoxAugmentParams,
-    CountRange,
     DecodeParams,
     DetectorFinalParams,
     DetectorLossParams,
     DetectorParams,
     DetectorTtaParams,
-    PrunerParams,
-    SearchRange,
-    StudyParams,
     TuneAnchorsParams,
 )
 from cxrdet.config.ensemble import (
@@ -59,23 +55,59 @@ from cxrdet.config.training import (
     TrainParams,
     TtaParams,
 )
+from cxrdet.config.tuning import CountRange, PrunerParams, SearchRange, StudyParams
 from cxrdet.errors import ConfigError
 
 __all__ = [
-    "AnchorParams", "AnchorSearchParams", "BoxAugmentParams", "ClassifierParams",
-    "ClassifierVariant", "CountRange", "DataParams", "DatasetFormat", "DatasetParams",
-    "DecodeParams", "DetectorFinalParams", "DetectorLossParams", "DetectorParams", "DetectorTtaParams",
-    "EnsembleParams", "EnsembleSearchParams", "FusionParams", "GatingParams", "OptimParams",
-    "Params", "PrepareParams", "PretrainParams", "PrunerParams", "RegisterParams", "ScheduleParams", "SearchRange",
-    "Section", "ShrinkRange", "SplitParams", "StudyParams", "SynthesizeParams", "TrackingParams",
-    "TrainParams", "TtaParams", "TuneAnchorsParams", "TuneEnsembleParams", "UnitRange",
-    "deep_merge", "load_params", "read_yaml", "validate_params",
+    "AnchorParams",
+    "AnchorSearchParams",
+    "BoxAugmentParams",
+    "ClassifierParams",
+    "ClassifierVariant",
+    "CountRange",
+    "DataParams",
+    "DatasetFormat",
+    "DatasetParams",
+    "DecodeParams",
+    "DetectorFinalParams",
+    "DetectorLossParams",
+    "DetectorParams",
+    "DetectorTtaParams",
+    "EnsembleParams",
+    "EnsembleSearchParams",
+    "FusionParams",
+    "GatingParams",
+    "OptimParams",
+    "Params",
+    "PrepareParams",
+    "PretrainParams",
+    "PrunerParams",
+    "RegisterParams",
+    "ScheduleParams",
+    "SearchRange",
+    "Section",
+    "ShrinkRange",
+    "SplitParams",
+    "StudyParams",
+    "SynthesizeParams",
+    "TrackingParams",
+    "TrainParams",
+    "TtaParams",
+    "TuneAnchorsParams",
+    "TuneEnsembleParams",
+    "UnitRange",
+    "deep_merge",
+    "load_params",
+    "read_yaml",
+    "validate_params",
 ]
 
 
 # The field `register` (stage register's group) shadows ABCMeta.register, which pydantic's
 # metaclass inherits, on the class only: instances read the field, so the warning is noise.
-warnings.filterwarnings("ignore", message='Field name "register" in "Params" shadows', category=UserWarning)
+warnings.filterwarnings(
+    "ignore", message='Field name "register" in "Params" shadows', category=UserWarning
+)
 
 
 class Params(Section):
@@ -104,7 +136,9 @@ class Params(Section):
 
     @field_validator("tune_anchors")
     @classmethod
-    def _tuning_fold_exists(cls, tune: TuneAnchorsParams, info: ValidationInfo) -> TuneAnchorsParams:
+    def _tuning_fold_exists(
+        cls, tune: TuneAnchorsParams, info: ValidationInfo
+    ) -> TuneAnchorsParams:
         _check_fold(info, [tune.fold])
         return tune
 
@@ -123,11 +157,15 @@ class Params(Section):
     @model_validator(mode="after")
     def _weights_cover_backbones(self) -> Params:
         if self.pretrain.source == "file":
-            missing = [name for name in self.pretrained_backbones() if name not in self.pretrain.weights]
+            missing = [
+                name for name in self.pretrained_backbones() if name not in self.pretrain.weights
+            ]
             if missing:
                 raise ValueError(f"pretrain.weights has no file for the backbones {missing}")
         if self.detector.weights == "imagenet" and not self.pretrain.allow_download:
-            raise ValueError("detector.weights: 'imagenet' downloads timm weights: set pretrain.allow_download: true")
+            raise ValueError(
+                "detector.weights: 'imagenet' downloads timm weights: set pretrain.allow_download: true"
+            )
         return self
 
     def pretrained_backbones(self) -> dict[str, str]:

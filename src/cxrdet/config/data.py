@@ -66,7 +66,6 @@ class SplitParams(Section):
     group_by_patient: bool = True
 
 
-
 class TrackingParams(Section):
     experiment: str = Field("cxrdet", min_length=1)
     # None: sqlite:///<absolute project root>/mlruns/mlflow.db; MLFLOW_TRACKING_URI wins.

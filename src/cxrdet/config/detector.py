@@ -6,16 +6,23 @@ from typing import Literal
 
 from pydantic import Field, PositiveFloat, model_validator
 
-from cxrdet.config.section import Range, Section
+from cxrdet.config.section import Section
 from cxrdet.config.training import OptimParams
+from cxrdet.config.tuning import CountRange, PrunerParams, SearchRange, StudyParams
 
 
 class AnchorParams(Section):
     """Anchors per pyramid level: base size x scales x ratios (height / width)."""
 
-    base_size: float = Field(4.0, gt=0.0)  # a level's base size = base_size x its stride (reference: 4: P3 32 px)
-    sizes: list[PositiveFloat] | None = None  # explicit base size per level, finest first; overrides base_size
-    scales: list[PositiveFloat] = Field([1.0, 1.26, 1.587], min_length=1)  # reference: 1, 2^(1/3), 2^(2/3)
+    base_size: float = Field(
+        4.0, gt=0.0
+    )  # a level's base size = base_size x its stride (reference: 4: P3 32 px)
+    sizes: list[PositiveFloat] | None = (
+        None  # explicit base size per level, finest first; overrides base_size
+    )
+    scales: list[PositiveFloat] = Field(
+        [1.0, 1.26, 1.587], min_length=1
+    )  # reference: 1, 2^(1/3), 2^(2/3)
     ratios: list[PositiveFloat] = Field([0.5, 1.0, 2.0], min_length=1)
 
 
@@ -71,8 +78,12 @@ class DetectorTtaParams(Section):
 class RelationParams(Section):
     """Relation Networks' object-relation module after each fc layer of the two-stage box head."""
 
-    heads: int = Field(0, ge=0)  # 0: off; Relation Networks: 16 (they must divide two_stage.representation)
-    geometry_dim: int = Field(64, ge=8, multiple_of=8)  # the relative-geometry embedding (4 features x sin/cos)
+    heads: int = Field(
+        0, ge=0
+    )  # 0: off; Relation Networks: 16 (they must divide two_stage.representation)
+    geometry_dim: int = Field(
+        64, ge=8, multiple_of=8
+    )  # the relative-geometry embedding (4 features x sin/cos)
 
 
 class TwoStageDecodeParams(Section):
@@ -89,16 +100,24 @@ class TwoStageParams(Section):
     with modulated deformable convolutions and an optional relation module (RSNA 1st place:
     Deformable R-FCN / Relation Networks on ResNet-101)."""
 
-    name: str = Field("two_stage", pattern=r"^[A-Za-z0-9_.-]+$")  # the `model` column of its predictions
+    name: str = Field(
+        "two_stage", pattern=r"^[A-Za-z0-9_.-]+$"
+    )  # the `model` column of its predictions
     # Backbone stages C<k> (stride 2^k) whose 3x3 convs become deformable; 1st place: res5 = [5]; [] off.
     deformable: list[int] = Field([5], max_length=8)
     representation: int = Field(1024, ge=8)  # width of the box head's two fc layers
     relation: RelationParams = RelationParams()
-    positives_only: bool = True  # train on images with boxes only (1st place); validation sees every image
-    anchors: AnchorParams = AnchorParams(base_size=8.0, scales=[1.0])  # one size per level P2|P3..P6 (FPN: 32 px at P2)
+    positives_only: bool = (
+        True  # train on images with boxes only (1st place); validation sees every image
+    )
+    anchors: AnchorParams = AnchorParams(
+        base_size=8.0, scales=[1.0]
+    )  # one size per level P2|P3..P6 (FPN: 32 px at P2)
     rpn_batch_size: int = Field(256, ge=1)  # anchors sampled per image for the RPN loss
     roi_batch_size: int = Field(512, ge=1)  # RoIs sampled per image for the box-head loss
-    proposals: int = Field(1000, ge=1)  # RPN proposals per image (after its NMS), training and inference
+    proposals: int = Field(
+        1000, ge=1
+    )  # RPN proposals per image (after its NMS), training and inference
     optim: OptimParams = OptimParams()
     decode: TwoStageDecodeParams = TwoStageDecodeParams()
 
@@ -119,9 +138,13 @@ class DetectorParams(Section):
     """Fold detectors (DVC stage train_detector@<fold>: every family of `families`) and their TTA predictions;
     the top-level knobs are the RetinaNet's, and the backbone, FPN, image size, augmentation and TTA are shared."""
 
-    name: str = Field("retinanet", pattern=r"^[A-Za-z0-9_.-]+$")  # the `model` column of the predictions
+    name: str = Field(
+        "retinanet", pattern=r"^[A-Za-z0-9_.-]+$"
+    )  # the `model` column of the predictions
     folds: list[int] = Field([0, 1, 2, 3], min_length=1)
-    backbone: str = Field("resnet10t", min_length=1)  # any timm name; one input channel; features_only
+    backbone: str = Field(
+        "resnet10t", min_length=1
+    )  # any timm name; one input channel; features_only
     # none: random init; pretrain: models/pretrained/<backbone>.pt of the pretrain stage (the backbone
     # must be one of classifier.variants'); imagenet: timm's weights (a download: pretrain.allow_download).
     weights: Literal["none", "pretrain", "imagenet"] = "none"
@@ -130,7 +153,9 @@ class DetectorParams(Section):
     fpn_channels: int = Field(256, ge=8)
     head_convs: int = Field(4, ge=0)
     head_norm: bool = False  # GroupNorm in the heads (torchvision's RetinaNet v2): converges faster
-    cls_dropout: float = Field(0.5, ge=0.0, lt=1.0)  # before the anchor-classification conv (2nd place 0.5-0.75)
+    cls_dropout: float = Field(
+        0.5, ge=0.0, lt=1.0
+    )  # before the anchor-classification conv (2nd place 0.5-0.75)
     # The global image head on the last backbone level: label = the image labels (RSNA: 3),
     # opacity = boxes or not (normal / abnormal), none = no head.
     global_head: Literal["label", "opacity", "none"] = "label"
@@ -156,9 +181,13 @@ class DetectorParams(Section):
         if len(set(self.families)) != len(self.families):
             raise ValueError(f"families must be unique (got {self.families})")
         if "two_stage" in self.families and self.two_stage.name == self.name:
-            raise ValueError(f"two_stage.name must differ from name ({self.name!r}): it tells their predictions apart")
+            raise ValueError(
+                f"two_stage.name must differ from name ({self.name!r}): it tells their predictions apart"
+            )
         if self.weights == "none" and (self.frozen_bn or self.freeze_encoder_epochs):
-            raise ValueError("frozen_bn and freeze_encoder_epochs need loaded weights (weights: pretrain or imagenet)")
+            raise ValueError(
+                "frozen_bn and freeze_encoder_epochs need loaded weights (weights: pretrain or imagenet)"
+            )
         if len(set(self.folds)) != len(self.folds):
             raise ValueError(f"folds must be unique (got {self.folds})")
         return self
@@ -171,23 +200,15 @@ class DetectorFinalParams(Section):
     model per family and image: no fold fusion); tune_ensemble stays on the folds' out-of-fold
     predictions. A section of its own (not under `detector`): switching it retrains no fold."""
 
-    enabled: bool = False  # false: the stage only writes a marker and everything uses the fold models
+    enabled: bool = (
+        False  # false: the stage only writes a marker and everything uses the fold models
+    )
     # Epochs of every family's final training; null: per family, as its folds trained: the folds' mean
     # best epoch (rounded up) when their optimisation followed the validation score (optim.patience > 0
     # or a plateau schedule: the epoch count they really needed; without validation a plateau schedule
     # never lowers the rate), else optim.epochs (a fixed schedule: the same learning-rate curve the
     # folds were validated on, each epoch k/(k-1) as many images).
     epochs: int | None = Field(None, ge=1)
-
-
-class SearchRange(Range):
-    low: float = Field(gt=0.0)
-    high: float = Field(gt=0.0)
-
-
-class CountRange(Range):
-    low: int = Field(ge=1)
-    high: int = Field(ge=1)
 
 
 class AnchorSearchParams(Section):
@@ -201,23 +222,6 @@ class AnchorSearchParams(Section):
     ratio_span: SearchRange = SearchRange(low=1.0, high=3.0)
 
 
-class PrunerParams(Section):
-    name: Literal["median", "hyperband", "none"] = "median"
-    startup_trials: int = Field(2, ge=0)  # median: trials completed before any pruning
-    warmup_epochs: int = Field(1, ge=0)  # median: epochs a trial runs before it can be pruned
-    reduction_factor: int = Field(3, ge=2)  # hyperband
-
-
-class StudyParams(Section):
-    """Where an Optuna study lives: a journal file (one machine, parallel workers) or an RDB URL."""
-
-    # null: a journal file results/tuning/<study>.journal; postgresql://... for many machines.
-    # Never sqlite for parallel workers (PITFALLS).
-    storage: str | None = None
-    seed: int = 0  # TPE sampler seed
-    startup_trials: int = Field(3, ge=0)  # TPE: random trials before it models the results
-
-
 class TuneAnchorsParams(Section):
     """Stage tune_anchors: anchors by short proxy trainings on one fold, pruned early."""
 
@@ -225,14 +229,18 @@ class TuneAnchorsParams(Section):
     trials: int = Field(6, ge=1)
     fold: int = Field(0, ge=0)  # validation fold of the proxy trainings
     epochs: int = Field(2, ge=1)  # per proxy training
-    subset: int = Field(0, ge=0)  # training images per proxy training; 0: all of the fold's training images
+    subset: int = Field(
+        0, ge=0
+    )  # training images per proxy training; 0: all of the fold's training images
     # Validation images per proxy training: whole patients drawn with study.seed, so a patient's
     # images stay together; 0: all of the fold's.
     val_subset: int = Field(0, ge=0)
     # Bound on the search: its worst case (every trial runs all its epochs), in image passes, at
     # most this fraction of one fold's training; trials beyond it are not run. null: no bound.
     budget_fraction: float | None = Field(0.2, gt=0.0)
-    min_bpr: float = Field(0.95, ge=0.0, le=1.0)  # prune before training below this best possible recall
+    min_bpr: float = Field(
+        0.95, ge=0.0, le=1.0
+    )  # prune before training below this best possible recall
     # Tuned anchors replace the configured ones (trial 0) only when they score this much more:
     # short proxy trainings are noisy.
     min_gain: float = Field(0.01, ge=0.0)

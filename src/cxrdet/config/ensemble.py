@@ -14,8 +14,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from cxrdet.config.detector import CountRange, StudyParams
 from cxrdet.config.section import Range, Section
+from cxrdet.config.tuning import CountRange, StudyParams
 
 FusionMethod = Literal["vote", "wbf", "nms", "soft_nms", "soft_nms_linear"]
 GatingRule = Literal["none", "product", "sqrt", "no_finding"]
@@ -66,7 +66,9 @@ class ShrinkRange(Range):
 class EnsembleSearchParams(Section):
     """Optuna's search space over the cached out-of-fold predictions."""
 
-    detector_views: bool = True  # choose a subset of the detector's TTA views (the original always in)
+    detector_views: bool = (
+        True  # choose a subset of the detector's TTA views (the original always in)
+    )
     classifier_views: bool = True  # choose how many classifier TTA views to average
     view_fusion: list[FusionMethod] = Field(["vote", "wbf", "soft_nms"], min_length=1)
     iou_thr: UnitRange = UnitRange(low=0.3, high=0.7)  # vote, wbf, nms, soft_nms_linear
@@ -89,7 +91,7 @@ class TuneEnsembleParams(Section):
 
     enabled: bool = True  # false: results/tuning/ensemble.json holds params' `ensemble` as it is
     trials: int = Field(30, ge=1)  # finished trials (failed ones are recorded and do not count)
-    # The metric maximised (cxrdet.metrics.competition.resolve_objective): auto is the format's
+    # The metric maximised (cxrdet.formats.resolve_objective): auto is the format's
     # own (rsna: the RSNA score; vinbigdata: its mAP@0.4; folder, nih: VOC mAP@0.4), map or rsna
     # choose one on any format. Under plain mAP the score thresholds are not searched (low end kept).
     objective: Literal["auto", "map", "rsna"] = "auto"

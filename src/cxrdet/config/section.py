@@ -6,7 +6,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
 
-
 # pydantic's lax mode would read `seed: true` as 1 and `group_by_patient: "no"` as False, habits of
 # YAML 1.1 that silently change a run; it stays lax elsewhere (PyYAML reads `5e-05` as a string).
 STRICT: dict[Any, type] = {bool: bool, bool | None: bool, int: int, int | None: int}

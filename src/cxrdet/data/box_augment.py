@@ -35,7 +35,9 @@ def eight_point_boxes(boxes: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     x0, y0, x1, y1 = (boxes[:, k : k + 1] for k in range(4))
     along_x = x0 + EDGE_POINTS * (x1 - x0)  # (n, 2)
     along_y = y0 + EDGE_POINTS * (y1 - y0)
-    xs = np.concatenate([along_x, along_x, np.repeat(x0, 2, 1), np.repeat(x1, 2, 1)], axis=1)  # (n, 8)
+    xs = np.concatenate(
+        [along_x, along_x, np.repeat(x0, 2, 1), np.repeat(x1, 2, 1)], axis=1
+    )  # (n, 8)
     ys = np.concatenate([np.repeat(y0, 2, 1), np.repeat(y1, 2, 1), along_y, along_y], axis=1)
     m = np.asarray(matrix, dtype=np.float64)[:2]
     tx = m[0, 0] * xs + m[0, 1] * ys + m[0, 2]
@@ -49,7 +51,11 @@ class EightPointAffine(A.Affine):
     Reflective borders would mirror lesions without boxes: use a constant border."""
 
     def apply_to_bboxes(
-        self, bboxes: np.ndarray, bbox_matrix: np.ndarray, output_shape: tuple[int, int], **params: Any
+        self,
+        bboxes: np.ndarray,
+        bbox_matrix: np.ndarray,
+        output_shape: tuple[int, int],
+        **params: Any,
     ) -> np.ndarray:
         if len(bboxes) == 0 or fgeometric.is_identity_matrix(bbox_matrix):
             return bboxes
@@ -72,7 +78,12 @@ class GaussianAffine(EightPointAffine):
         fill: float = 0,
         p: float = 1.0,
     ) -> None:
-        for name, value in (("shift", shift), ("scale_sigma", scale_sigma), ("rotate_sigma", rotate_sigma), ("shear_sigma", shear_sigma)):
+        for name, value in (
+            ("shift", shift),
+            ("scale_sigma", scale_sigma),
+            ("rotate_sigma", rotate_sigma),
+            ("shear_sigma", shear_sigma),
+        ):
             if not value >= 0:
                 raise ValueError(f"GaussianAffine: {name} must be >= 0 (got {value})")
         super().__init__(fill=fill, border_mode=cv2.BORDER_CONSTANT, p=p)
@@ -81,20 +92,36 @@ class GaussianAffine(EightPointAffine):
         self.rotate_sigma = rotate_sigma
         self.shear_sigma = shear_sigma
 
-    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    def get_params_dependent_on_data(
+        self, params: dict[str, Any], data: dict[str, Any]
+    ) -> dict[str, Any]:
         shape = params["shape"][:2]
         rng = self.random_generator
         height, width = shape
-        translate = {"x": rng.uniform(-self.shift, self.shift) * width, "y": rng.uniform(-self.shift, self.shift) * height}
+        translate = {
+            "x": rng.uniform(-self.shift, self.shift) * width,
+            "y": rng.uniform(-self.shift, self.shift) * height,
+        }
         factor = float(2.0 ** rng.normal(0.0, self.scale_sigma))
         scale = {"x": factor, "y": factor}
         rotate = float(rng.normal(0.0, self.rotate_sigma))
-        shear = {"x": float(rng.normal(0.0, self.shear_sigma)), "y": float(rng.normal(0.0, self.shear_sigma))}
-        matrix = fgeometric.create_affine_transformation_matrix(translate, shear, scale, rotate, fgeometric.center(shape))
+        shear = {
+            "x": float(rng.normal(0.0, self.shear_sigma)),
+            "y": float(rng.normal(0.0, self.shear_sigma)),
+        }
+        matrix = fgeometric.create_affine_transformation_matrix(
+            translate, shear, scale, rotate, fgeometric.center(shape)
+        )
         bbox_matrix = fgeometric.create_affine_transformation_matrix(
             translate, shear, scale, rotate, fgeometric.center_bbox(shape)
         )
-        return {"rotate": rotate, "scale": scale, "matrix": matrix, "bbox_matrix": bbox_matrix, "output_shape": shape}
+        return {
+            "rotate": rotate,
+            "scale": scale,
+            "matrix": matrix,
+            "bbox_matrix": bbox_matrix,
+            "output_shape": shape,
+        }
 
 
 @dataclass(frozen=True)
@@ -112,19 +139,23 @@ class BoxAugmentSettings:
 def detector_augmentation(settings: BoxAugmentSettings) -> A.Compose:
     """Geometry first (boxes follow), then pixel-only changes small enough to keep labels valid."""
     transforms: list[A.BasicTransform] = [
-        GaussianAffine(settings.shift, settings.scale_sigma, settings.rotate_sigma, settings.shear_sigma, p=1.0),
+        GaussianAffine(
+            settings.shift, settings.scale_sigma, settings.rotate_sigma, settings.shear_sigma, p=1.0
+        ),
         A.HorizontalFlip(p=settings.hflip),
         A.GaussianBlur(sigma_limit=(0.5, 1.0), blur_limit=0, p=settings.blur),
         A.GaussNoise(std_range=(0.01, 0.04), p=settings.noise),
     ]
     if settings.gamma:
-        limit = (100 * 2.0 ** -settings.gamma, 100 * 2.0**settings.gamma)
+        limit = (100 * 2.0**-settings.gamma, 100 * 2.0**settings.gamma)
         transforms.append(A.RandomGamma(gamma_limit=limit, p=1.0))
     return A.Compose(transforms, bbox_params=box_params())
 
 
 def box_params() -> A.BboxParams:
-    return A.BboxParams(format="pascal_voc", label_fields=["labels"], min_visibility=MIN_VISIBILITY, clip=True)
+    return A.BboxParams(
+        format="pascal_voc", label_fields=["labels"], min_visibility=MIN_VISIBILITY, clip=True
+    )
 
 
 def apply_seeded_boxes(

@@ -106,7 +106,13 @@ class EpochSeededDataset(Dataset):
     (seed, epoch, index), so an epoch's samples do not depend on workers or resumption:
     the training loop calls `set_epoch`."""
 
-    def __init__(self, images: CachedImages, size: int, augment: A.BasicTransform | A.BaseCompose | None, seed: int) -> None:
+    def __init__(
+        self,
+        images: CachedImages,
+        size: int,
+        augment: A.BasicTransform | A.BaseCompose | None,
+        seed: int,
+    ) -> None:
         self.images = images
         self.size = size
         self.augment = augment
@@ -147,3 +153,8 @@ class ClassificationDataset(EpochSeededDataset):
         if self.augment is not None:
             image = apply_seeded(self.augment, image, self.sample_seed(index))
         return {"image": normalize(image), "target": self.targets[index], "index": index}
+
+
+def truth_boxes(prepared: Prepared, image_ids: Sequence[str]) -> pd.DataFrame:
+    """The prepared boxes of `image_ids` (original pixels)."""
+    return prepared.boxes[prepared.boxes["image_id"].isin(image_ids)].reset_index(drop=True)

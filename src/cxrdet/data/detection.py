@@ -33,21 +33,33 @@ def boxes_to_input(boxes: pd.DataFrame, images: pd.DataFrame, size: int) -> pd.D
     scale = input_scale(images, size).loc[boxes["image_id"]].to_numpy()
     sx, sy = scale[:, 0], scale[:, 1]
     x, y = boxes["x"].to_numpy(float) * sx, boxes["y"].to_numpy(float) * sy
-    return pd.DataFrame({
-        "image_id": boxes["image_id"].to_numpy(), "x0": x, "y0": y,
-        "x1": x + boxes["w"].to_numpy(float) * sx, "y1": y + boxes["h"].to_numpy(float) * sy,
-        "class_id": boxes["class_id"].to_numpy(np.int64),
-    })
+    return pd.DataFrame(
+        {
+            "image_id": boxes["image_id"].to_numpy(),
+            "x0": x,
+            "y0": y,
+            "x1": x + boxes["w"].to_numpy(float) * sx,
+            "y1": y + boxes["h"].to_numpy(float) * sy,
+            "class_id": boxes["class_id"].to_numpy(np.int64),
+        }
+    )
 
 
-def boxes_to_original(image_ids: Sequence[str], xyxy: np.ndarray, images: pd.DataFrame, size: int) -> pd.DataFrame:
+def boxes_to_original(
+    image_ids: Sequence[str], xyxy: np.ndarray, images: pd.DataFrame, size: int
+) -> pd.DataFrame:
     """image_id, x, y, w, h (original pixels) from (n, 4) xyxy input-pixel boxes."""
     scale = input_scale(images, size).loc[list(image_ids)].to_numpy()
     sx, sy = scale[:, 0], scale[:, 1]
-    return pd.DataFrame({
-        "image_id": list(image_ids), "x": xyxy[:, 0] / sx, "y": xyxy[:, 1] / sy,
-        "w": (xyxy[:, 2] - xyxy[:, 0]) / sx, "h": (xyxy[:, 3] - xyxy[:, 1]) / sy,
-    })
+    return pd.DataFrame(
+        {
+            "image_id": list(image_ids),
+            "x": xyxy[:, 0] / sx,
+            "y": xyxy[:, 1] / sy,
+            "w": (xyxy[:, 2] - xyxy[:, 0]) / sx,
+            "h": (xyxy[:, 3] - xyxy[:, 1]) / sy,
+        }
+    )
 
 
 class DetectionDataset(EpochSeededDataset):
@@ -80,7 +92,11 @@ class DetectionDataset(EpochSeededDataset):
         self.image_labels = torch.tensor(np.asarray(image_labels), dtype=torch.int64)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        image, boxes, labels = self.images.read(index, self.size), self.boxes[index], self.labels[index]
+        image, boxes, labels = (
+            self.images.read(index, self.size),
+            self.boxes[index],
+            self.labels[index],
+        )
         if self.augment is not None:
             image, boxes, labels = apply_seeded_boxes(
                 self.augment, image, boxes, labels, self.sample_seed(index)

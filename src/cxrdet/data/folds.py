@@ -15,7 +15,19 @@ from sklearn.model_selection import StratifiedGroupKFold
 HOLDOUT = -1  # the `fold` value of holdout images
 
 
-def strata(images: pd.DataFrame, boxes: pd.DataFrame, max_box_count: int, n_splits: int) -> pd.Series:
+def fold_ids(split: pd.DataFrame, fold: int) -> list[str]:
+    """The image ids of `fold` of a split table (HOLDOUT: the holdout's), in split order."""
+    return split.loc[split["fold"] == fold, "image_id"].tolist()
+
+
+def training_ids(split: pd.DataFrame, fold: int | None) -> list[str]:
+    """The image ids of every fold but `fold` and the holdout (None: of every fold), in split order."""
+    return split.loc[(split["fold"] != fold) & (split["fold"] != HOLDOUT), "image_id"].tolist()
+
+
+def strata(
+    images: pd.DataFrame, boxes: pd.DataFrame, max_box_count: int, n_splits: int
+) -> pd.Series:
     counts = boxes.groupby("image_id").size().reindex(images["image_id"], fill_value=0)
     box_bin = np.minimum(counts.to_numpy(), max_box_count)
     fine = images["label"].astype(str).to_numpy() + "|boxes=" + box_bin.astype(str)
@@ -27,7 +39,9 @@ def strata(images: pd.DataFrame, boxes: pd.DataFrame, max_box_count: int, n_spli
     return key
 
 
-def _one_split(labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int) -> list[np.ndarray]:
+def _one_split(
+    labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int
+) -> list[np.ndarray]:
     """Test indices of each of the n_splits folds."""
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
@@ -56,7 +70,9 @@ def make_folds(
     needed = max(folds, holdout_parts)
     if len(images) < 2 * needed:
         raise ValueError(f"{len(images)} images are too few for {folds} folds and a holdout")
-    groups = (images["patient_id"] if group_by_patient else images["image_id"]).astype(str).to_numpy()
+    groups = (
+        (images["patient_id"] if group_by_patient else images["image_id"]).astype(str).to_numpy()
+    )
     labels = strata(images, boxes, max_box_count, needed).to_numpy()
 
     fold = np.full(len(images), HOLDOUT, dtype=np.int64)

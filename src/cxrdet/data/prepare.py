@@ -61,11 +61,15 @@ class PreparedDataset:
     rejected: pd.DataFrame
 
 
-def prepare_dataset(fmt: str, raw_dir: Path, out_dir: Path, options: PrepareOptions) -> PreparedDataset:
+def prepare_dataset(
+    fmt: str, raw_dir: Path, out_dir: Path, options: PrepareOptions
+) -> PreparedDataset:
     given_raw_dir, raw_dir, out_dir = str(raw_dir), Path(raw_dir).resolve(), Path(out_dir)
     if not raw_dir.is_dir():
         raise CxrdetError(f"{raw_dir}: raw data folder not found (format {fmt!r})")
-    source_options = {"fuse_readers": True, "fuse_iou": options.fuse_iou} if options.fuse_readers else {}
+    source_options = (
+        {"fuse_readers": True, "fuse_iou": options.fuse_iou} if options.fuse_readers else {}
+    )
     tables = load_source(fmt, raw_dir, on_bad_rows=options.on_bad_rows, **source_options)
     if len(tables.images) + len(tables.rejected) == 0:
         raise CxrdetError(f"{raw_dir}: no images found for format {fmt!r}")
@@ -134,7 +138,9 @@ def _kept_targets(tables: SourceTables, images: pd.DataFrame) -> pd.DataFrame:
 def _rejected_table(tables: SourceTables, failures: dict[str, str]) -> pd.DataFrame:
     paths = dict(zip(tables.images["image_id"], tables.images["path"]))
     rows = [("image", image_id, path, None, reason) for image_id, path, reason in tables.rejected]
-    rows += [("image", image_id, paths[image_id], None, reason) for image_id, reason in failures.items()]
+    rows += [
+        ("image", image_id, paths[image_id], None, reason) for image_id, reason in failures.items()
+    ]
     rows += [("row", None, file, row, problem) for file, row, problem in tables.dropped]
     table = pd.DataFrame(rows, columns=REJECTED_COLUMNS)
     table["row"] = table["row"].astype("Int64")
@@ -157,7 +163,9 @@ def write_sample_grid(
         cached = boxes[boxes["image_id"] == row.image_id].copy()
         cached[["x", "w"]] *= row.scale_x
         cached[["y", "h"]] *= row.scale_y
-        items.append((read_cached(out_dir / row.cache_path), cached, f"{row.image_id[:12]} {row.label}"))
+        items.append(
+            (read_cached(out_dir / row.cache_path), cached, f"{row.image_id[:12]} {row.label}")
+        )
     sample_grid(items, path)
     return path
 
@@ -175,9 +183,12 @@ def dataset_stats(images: pd.DataFrame, boxes: pd.DataFrame, n_rejected: int, to
         "rejected_fraction": round(n_rejected / total, 6),
         "positive_fraction": round(float((boxes_per_image > 0).mean()), 6) if len(images) else 0.0,
         "boxes_per_positive_image": round(float(boxes_per_image[boxes_per_image > 0].mean()), 4)
-        if len(boxes) else 0.0,
+        if len(boxes)
+        else 0.0,
         "labels": {str(k): int(v) for k, v in images["label"].value_counts().sort_index().items()},
-        "box_classes": {str(k): int(v) for k, v in boxes["class_name"].value_counts().sort_index().items()},
+        "box_classes": {
+            str(k): int(v) for k, v in boxes["class_name"].value_counts().sort_index().items()
+        },
     }
     if len(boxes):
         stats["cached_box_min_side"] = {

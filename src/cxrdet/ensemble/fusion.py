@@ -32,12 +32,11 @@ from cxrdet.ensemble.tables import (
     image_sizes,
     make_registered,
     require_columns,
-    to_xyxy,
-    xyxy_columns,
 )
 from cxrdet.ensemble.vote import VoteMerge
 from cxrdet.ensemble.wbf import WeightedBoxesFusion
 from cxrdet.errors import ConfigError
+from cxrdet.metrics.iou import to_xyxy, xyxy_columns
 
 FUSERS: dict[str, type] = {
     "wbf": WeightedBoxesFusion,

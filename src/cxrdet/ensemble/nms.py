@@ -14,7 +14,8 @@ import torch
 from torchvision.ops import nms
 
 from cxrdet.ensemble.group import BoxGroup
-from cxrdet.ensemble.tables import check_number, pairwise_iou
+from cxrdet.ensemble.tables import check_number
+from cxrdet.metrics.iou import pairwise_iou
 
 
 @dataclass(frozen=True)

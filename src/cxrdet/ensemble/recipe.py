@@ -82,7 +82,9 @@ class EnsembleRecipe:
 
     def to_dict(self) -> dict[str, Any]:
         content = asdict(self)
-        content["detector_views"] = None if self.detector_views is None else list(self.detector_views)
+        content["detector_views"] = (
+            None if self.detector_views is None else list(self.detector_views)
+        )
         for name in ("view_fusion", "fold_fusion", "gating"):
             content[name]["params"] = dict(content[name]["params"])
         return content
@@ -96,7 +98,11 @@ class EnsembleRecipe:
             unknown = sorted(set(values) - set(cls.__dataclass_fields__))
             if unknown:
                 raise ConfigError(f"unknown knob {unknown[0]!r}")
-            for name, kind in (("view_fusion", Fusion), ("fold_fusion", Fusion), ("gating", Gating)):
+            for name, kind in (
+                ("view_fusion", Fusion),
+                ("fold_fusion", Fusion),
+                ("gating", Gating),
+            ):
                 if name in values:
                     values[name] = kind(**values[name])
             if values.get("detector_views") is not None:
@@ -111,14 +117,19 @@ class EnsembleRecipe:
         method: `{method: vote, params: {vote: {...}, wbf: {...}}}`. Every listed method's
         parameters are checked, the chosen one's used; errors name the dotted key."""
         values = dict(content)
-        for name, choice, make in (("view_fusion", "method", make_fuser), ("fold_fusion", "method", make_fuser),
-                                   ("gating", "rule", make_gate)):
+        for name, choice, make in (
+            ("view_fusion", "method", make_fuser),
+            ("fold_fusion", "method", make_fuser),
+            ("gating", "rule", make_gate),
+        ):
             if name not in values:
                 continue
             section = dict(values[name])
             by_method = dict(section.get("params") or {})
             for method, params in by_method.items():
-                _named(f"{key}.{name}.params.{method}", lambda m=method, p=params, f=make: f(m, **p))
+                _named(
+                    f"{key}.{name}.params.{method}", lambda m=method, p=params, f=make: f(m, **p)
+                )
             section["params"] = by_method.get(section.get(choice), {})
             values[name] = section
         return cls.from_dict(values, key)
@@ -144,7 +155,9 @@ class MemberPredictions:
 
     def __post_init__(self) -> None:
         require_columns(self.images, ("image_id", "fold", "model", "view"), "detector images table")
-        require_columns(self.classifier, ("image_id", "fold", "model", "view", "opacity"), "classifier table")
+        require_columns(
+            self.classifier, ("image_id", "fold", "model", "view", "opacity"), "classifier table"
+        )
         require_columns(self.sizes, ("image_id", "width", "height"), "sizes")
 
     def only_folds(self, folds: Sequence[int]) -> MemberPredictions:
@@ -172,7 +185,9 @@ def image_probabilities(
     (model -> the classes of its `probs`, e.g. the 3 RSNA image labels), averaged over
     the models that have them (the sqrt rule reads P(not normal) there)."""
     if classifier.empty:
-        return pd.DataFrame({"opacity": pd.Series(dtype=np.float64)}, index=pd.Index([], name="image_id"))
+        return pd.DataFrame(
+            {"opacity": pd.Series(dtype=np.float64)}, index=pd.Index([], name="image_id")
+        )
     rows = classifier if views is None else first_views(classifier, views)
     probabilities = mean_probabilities(rows, ("opacity",))
     parts = []
@@ -206,10 +221,17 @@ def apply_recipe(
     if models["image_id"].duplicated().any():
         fold = recipe.fold_fusion
         fused = fuse_boxes(
-            fused, fold.method, predictions.sizes, over=("fold", "model"), members=models, **fold.params
+            fused,
+            fold.method,
+            predictions.sizes,
+            over=("fold", "model"),
+            members=models,
+            **fold.params,
         )
     fused = fused[FINAL_COLUMNS]
-    probabilities = image_probabilities(predictions.classifier, recipe.classifier_views, class_names or {})
+    probabilities = image_probabilities(
+        predictions.classifier, recipe.classifier_views, class_names or {}
+    )
     unknown = np.setdiff1d(members["image_id"].unique(), probabilities.index)
     if recipe.gating.rule != "none" and len(unknown):
         raise EnsembleInputError(

@@ -2,7 +2,7 @@
 
 Box tables follow the per-view prediction contract (cxrdet.infer.detector_tta): key
 columns (image_id and any of fold, model, view), x, y, w, h (top-left corner and size,
-original image pixels), score in [0, 1] and class_id.
+original image pixels), score in [0, 1] and class_id. Their geometry is cxrdet.metrics.iou's.
 """
 
 from __future__ import annotations
@@ -103,7 +103,9 @@ def image_sizes(
     return found.loc[image_ids.to_numpy()].to_numpy(dtype=np.float64)
 
 
-def make_registered(registry: Mapping[str, type[Params]], name: str, params: Mapping[str, Any], kind: str) -> Params:
+def make_registered(
+    registry: Mapping[str, type[Params]], name: str, params: Mapping[str, Any], kind: str
+) -> Params:
     """The parameters of the `kind` (fusion method, gating rule) called `name` in `registry`;
     ConfigError on an unknown name, parameter or value."""
     if name not in registry:

@@ -15,7 +15,8 @@ from typing import ClassVar
 import numpy as np
 
 from cxrdet.ensemble.group import BoxGroup
-from cxrdet.ensemble.tables import check_number, pairwise_iou
+from cxrdet.ensemble.tables import check_number
+from cxrdet.metrics.iou import pairwise_iou
 
 
 @dataclass(frozen=True)

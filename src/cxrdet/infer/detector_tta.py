@@ -45,14 +45,13 @@ from torch.utils.data import Dataset
 from cxrdet.config import TrainParams
 from cxrdet.data.datasets import CachedImages, normalize
 from cxrdet.data.detection import boxes_to_original
-from cxrdet.models.families import detect
+from cxrdet.ensemble.tables import KEY_COLUMNS
 from cxrdet.models.retinanet import DecodeConfig
-from cxrdet.train.distributed import DistContext
-from cxrdet.train.inference import predict_dataset
+from cxrdet.runtime.distributed import DistContext
+from cxrdet.runtime.inference import predict_dataset
 
 ORIGINAL = "original"
 FINAL_FOLD = -1  # the final model's `fold`: the split's HOLDOUT, the only images it did not see
-KEY_COLUMNS = ["image_id", "fold", "model", "view"]
 BOX_COLUMNS = [*KEY_COLUMNS, "x", "y", "w", "h", "score", "class_id"]
 
 
@@ -63,24 +62,34 @@ class DetectionView:
 
     @property
     def name(self) -> str:
-        parts = (["hflip"] if self.hflip else []) + ([f"scale{self.scale:g}"] if self.scale != 1.0 else [])
+        parts = (["hflip"] if self.hflip else []) + (
+            [f"scale{self.scale:g}"] if self.scale != 1.0 else []
+        )
         return "_".join(parts) or ORIGINAL
 
 
 def detection_views(hflip: bool, scales: Sequence[float]) -> list[DetectionView]:
     """Every scale, un-flipped and (when `hflip`) flipped; the original view first."""
     ordered = sorted(set(scales), key=lambda s: (s != 1.0, s))
-    return [DetectionView(flip, scale) for flip in ((False, True) if hflip else (False,)) for scale in ordered]
+    return [
+        DetectionView(flip, scale)
+        for flip in ((False, True) if hflip else (False,))
+        for scale in ordered
+    ]
 
 
-def view_image(image: np.ndarray, view: DetectionView, multiple: int) -> tuple[np.ndarray, float, int]:
+def view_image(
+    image: np.ndarray, view: DetectionView, multiple: int
+) -> tuple[np.ndarray, float, int]:
     """(padded view image, factor = view side / input side, view side before padding)."""
     size = image.shape[0]
     if view.hflip:
         image = np.ascontiguousarray(image[:, ::-1])
     side = max(1, round(size * view.scale))
     if side != size:
-        image = cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA if side < size else cv2.INTER_LINEAR)
+        image = cv2.resize(
+            image, (side, side), interpolation=cv2.INTER_AREA if side < size else cv2.INTER_LINEAR
+        )
     padded = -(-side // multiple) * multiple
     if padded != side:
         image = np.pad(image, ((0, padded - side), (0, padded - side)))
@@ -91,7 +100,9 @@ def boxes_from_view(boxes: np.ndarray, view: DetectionView, factor: float, size:
     """(n, 4) xyxy boxes of a view -> the input frame (side `size`)."""
     mapped = np.clip(boxes / factor, 0.0, size)
     if view.hflip:
-        mapped = np.stack([size - mapped[:, 2], mapped[:, 1], size - mapped[:, 0], mapped[:, 3]], axis=1)
+        mapped = np.stack(
+            [size - mapped[:, 2], mapped[:, 1], size - mapped[:, 0], mapped[:, 3]], axis=1
+        )
     return mapped
 
 
@@ -113,13 +124,21 @@ class ViewDataset(Dataset):
 
 
 def _predict_view(
-    model: nn.Module, batch: dict[str, Any], view: DetectionView, size: int, decode_config: DecodeConfig
+    model: nn.Module,
+    batch: dict[str, Any],
+    view: DetectionView,
+    size: int,
+    decode_config: DecodeConfig,
 ) -> dict[str, Any]:
     side = max(1, round(size * view.scale))
-    detections, probs = detect(model, batch["image"], (side, side), decode_config)  # content, not padding
+    detections, probs = model.detect(
+        batch["image"], (side, side), decode_config
+    )  # content, not padding
     return {
         "index": batch["index"].cpu(),
-        "boxes": [boxes_from_view(d.boxes.cpu().numpy(), view, side / size, size) for d in detections],
+        "boxes": [
+            boxes_from_view(d.boxes.cpu().numpy(), view, side / size, size) for d in detections
+        ],
         "scores": [d.scores.cpu().numpy() for d in detections],
         "labels": [d.labels.cpu().numpy() for d in detections],
         "probs": None if probs is None else probs.cpu().numpy(),
@@ -155,9 +174,13 @@ def predict_views(
     results = []
     for view in views:
         outputs = predict_dataset(
-            model, ViewDataset(images, size, view, model.pad_multiple),
+            model,
+            ViewDataset(images, size, view, model.pad_multiple),
             partial(_predict_view, view=view, size=size, decode_config=decode_config),
-            batch_size=batch_size, device=device, runtime=runtime, context=context or DistContext(),
+            batch_size=batch_size,
+            device=device,
+            runtime=runtime,
+            context=context or DistContext(),
             desc=f"TTA {view.name}",
         )
         results.append(_in_image_order(view, outputs))
@@ -167,9 +190,17 @@ def predict_views(
 def _in_image_order(view: DetectionView, outputs: list[dict[str, Any]]) -> ViewPredictions:
     """Batches (any order, DDP ranks one after another) -> the view's predictions by image index."""
     order = np.argsort(np.concatenate([o["index"].numpy() for o in outputs]), kind="stable")
-    joined = {key: [item for o in outputs for item in o[key]] for key in ("boxes", "scores", "labels")}
-    boxes, scores, labels = ([joined[key][i] for i in order] for key in ("boxes", "scores", "labels"))
-    probs = None if outputs[0]["probs"] is None else np.concatenate([o["probs"] for o in outputs])[order]
+    joined = {
+        key: [item for o in outputs for item in o[key]] for key in ("boxes", "scores", "labels")
+    }
+    boxes, scores, labels = (
+        [joined[key][i] for i in order] for key in ("boxes", "scores", "labels")
+    )
+    probs = (
+        None
+        if outputs[0]["probs"] is None
+        else np.concatenate([o["probs"] for o in outputs])[order]
+    )
     return ViewPredictions(view, boxes, scores, labels, probs)
 
 
@@ -195,13 +226,21 @@ def prediction_tables(
         boxes.insert(1, "fold", fold)
         boxes.insert(2, "model", model)
         boxes.insert(3, "view", view.view.name)
-        boxes["score"] = np.concatenate(view.scores).astype(np.float64) if sum(counts) else np.zeros(0)
-        boxes["class_id"] = np.concatenate(view.labels).astype(np.int64) if sum(counts) else np.zeros(0, np.int64)
+        boxes["score"] = (
+            np.concatenate(view.scores).astype(np.float64) if sum(counts) else np.zeros(0)
+        )
+        boxes["class_id"] = (
+            np.concatenate(view.labels).astype(np.int64) if sum(counts) else np.zeros(0, np.int64)
+        )
         box_parts.append(boxes)
-        table = pd.DataFrame({"image_id": list(image_ids), "fold": fold, "model": model, "view": view.view.name})
+        table = pd.DataFrame(
+            {"image_id": list(image_ids), "fold": fold, "model": model, "view": view.view.name}
+        )
         if view.probs is not None:
             for k, name in enumerate(image_classes):
                 table[f"p_{name}"] = view.probs[:, k].astype(np.float64)
             table["opacity"] = view.probs[:, list(positive)].sum(axis=1).astype(np.float64)
         image_parts.append(table)
-    return pd.concat(box_parts, ignore_index=True)[BOX_COLUMNS], pd.concat(image_parts, ignore_index=True)
+    return pd.concat(box_parts, ignore_index=True)[BOX_COLUMNS], pd.concat(
+        image_parts, ignore_index=True
+    )

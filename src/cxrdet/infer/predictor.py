@@ -34,18 +34,16 @@ from cxrdet.data.cache import SETTINGS_FILE, resize_square
 from cxrdet.data.images import IMAGE_SUFFIXES, read_image
 from cxrdet.ensemble import Ensembled, EnsembleRecipe, MemberPredictions, apply_recipe
 from cxrdet.errors import CxrdetError
+from cxrdet.families import get_family, load_any_detector
 from cxrdet.infer.detector_tta import detection_views, predict_views, prediction_tables
-from cxrdet.infer.tta import predict_tta, tta_views
+from cxrdet.infer.tta import predict_tta, tta_views, view_table
 from cxrdet.io import write_json
 from cxrdet.models.classifier import load_classifier
-from cxrdet.models.families import MODEL_FILES, load_any_detector
 from cxrdet.models.retinanet import DecodeConfig
-from cxrdet.train.classifier import view_table
-from cxrdet.train.device import select_device
+from cxrdet.paths import DETECTOR_FINAL_MODELS, ENSEMBLE, PREPARED_DETECT
+from cxrdet.runtime.device import select_device
 
 SPEC_FILE = "predictor.json"
-ENSEMBLE_FILE = "results/tuning/ensemble.json"
-FINAL_DIR = "models/detector/final"  # stage train_detector_final: a model file per family and its marker
 FINAL_MARKER = "final.json"  # {"enabled": ...}: written whether or not detector_final is enabled
 
 
@@ -61,7 +59,9 @@ class PredictorSpec:
     recipe: dict[str, Any]  # EnsembleRecipe.to_dict()
     classifiers: list[str]
     detectors: list[str]
-    source: dict[str, Any] = field(default_factory=dict)  # where the recipe came from (ensemble.json)
+    source: dict[str, Any] = field(
+        default_factory=dict
+    )  # where the recipe came from (ensemble.json)
 
     @classmethod
     def read(cls, path: Path) -> PredictorSpec:
@@ -74,41 +74,62 @@ class PredictorSpec:
 def project_spec(root: Path) -> PredictorSpec:
     """The spec of a project after `dvc repro` (paths relative to `root`)."""
     params = load_params(root / "params.yaml")
-    prepared = root / "data/prepared/detect"
+    prepared = root / PREPARED_DETECT
     # The cache's own settings (not params' prepare): what the models were trained on.
-    files = {"settings": (prepared / "cache" / SETTINGS_FILE, "prepare@detect"),
-             "dataset": (prepared / "dataset.json", "prepare@detect"),
-             "tuned": (root / ENSEMBLE_FILE, "tune_ensemble")}
+    files = {
+        "settings": (prepared / "cache" / SETTINGS_FILE, "prepare@detect"),
+        "dataset": (prepared / "dataset.json", "prepare@detect"),
+        "tuned": (root / ENSEMBLE, "tune_ensemble"),
+    }
     for path, stage in files.values():
         if not path.is_file():
             raise CxrdetError(f"{path}: not found; run `dvc repro {stage}` first")
     settings, dataset, tuned = (json.loads(path.read_text()) for path, _ in files.values())
     if "recipe" not in tuned:
-        raise CxrdetError(f"{files['tuned'][0]}: no \"recipe\"; rerun `dvc repro tune_ensemble`")
+        raise CxrdetError(f'{files["tuned"][0]}: no "recipe"; rerun `dvc repro tune_ensemble`')
     tta, classifier = params.detector.tta, params.classifier
     return PredictorSpec(
-        preprocess=settings, fmt=dataset["format"], class_names=list(dataset["class_names"]),
+        preprocess=settings,
+        fmt=dataset["format"],
+        class_names=list(dataset["class_names"]),
         classifier_tta=classifier.tta.model_dump(),
         detector_tta={"hflip": tta.hflip, "scales": list(tta.scales), "batch_size": tta.batch_size},
         recipe=tuned["recipe"],
-        classifiers=[f"models/classifier/fold{k}/{v.name}.pt" for k in classifier.folds for v in classifier.variants],
-        detectors=final_detectors(root, params) if params.detector_final.enabled else [
-            f"models/detector/fold{k}/{MODEL_FILES[family]}" for k in params.detector.folds
-            for family in params.detector.families],
-        source={key: tuned[key] for key in ("source", "study", "trial", "objective", "metric") if key in tuned},
+        classifiers=[
+            f"models/classifier/fold{k}/{v.name}.pt"
+            for k in classifier.folds
+            for v in classifier.variants
+        ],
+        detectors=final_detectors(root, params)
+        if params.detector_final.enabled
+        else [
+            f"models/detector/fold{k}/{get_family(family).model_file}"
+            for k in params.detector.folds
+            for family in params.detector.families
+        ],
+        source={
+            key: tuned[key]
+            for key in ("source", "study", "trial", "objective", "metric")
+            if key in tuned
+        },
     )
 
 
 def final_detectors(root: Path, params: Params) -> list[str]:
     """The final model of every family of detector.families (detector_final.enabled: they replace
     the fold models); CxrdetError naming the stage when train_detector_final has not written them."""
-    marker = root / FINAL_DIR / FINAL_MARKER
-    files = [f"{FINAL_DIR}/{MODEL_FILES[family]}" for family in params.detector.families]
+    marker = root / DETECTOR_FINAL_MODELS / FINAL_MARKER
+    files = [
+        f"{DETECTOR_FINAL_MODELS}/{get_family(family).model_file}"
+        for family in params.detector.families
+    ]
     written = json.loads(marker.read_text()) if marker.is_file() else {}
     missing = [name for name in files if not (root / name).is_file()]
     if not written.get("enabled") or missing:
-        raise CxrdetError(f"{marker}: detector_final.enabled is true but the final models {missing or files} are not "
-                          "trained; run `dvc repro train_detector_final`")
+        raise CxrdetError(
+            f"{marker}: detector_final.enabled is true but the final models {missing or files} are not "
+            "trained; run `dvc repro train_detector_final`"
+        )
     return files
 
 
@@ -119,7 +140,9 @@ def load_spec(directory: Path) -> PredictorSpec:
         return PredictorSpec.read(directory / SPEC_FILE)
     if (directory / "params.yaml").is_file():
         return project_spec(directory)
-    raise CxrdetError(f"{directory}: neither a model directory ({SPEC_FILE}) nor a project (params.yaml)")
+    raise CxrdetError(
+        f"{directory}: neither a model directory ({SPEC_FILE}) nor a project (params.yaml)"
+    )
 
 
 def save_bundle(spec: PredictorSpec, source: Path, out_dir: Path) -> Path:
@@ -168,18 +191,28 @@ class EnsemblePredictor:
         self.device = select_device(device)
         self.runtime = TrainParams(device=self.device.type, progress=False, workers=0)
         self.recipe = EnsembleRecipe.from_dict(spec.recipe, key=f"{directory}: recipe")
-        self.classifiers = [self._ready(*load_classifier(Path(directory) / p)) for p in spec.classifiers]
-        self.detectors = [self._ready(*load_any_detector(Path(directory) / p)) for p in spec.detectors]
+        self.classifiers = [
+            self._ready(*load_classifier(Path(directory) / p)) for p in spec.classifiers
+        ]
+        self.detectors = [
+            self._ready(*load_any_detector(Path(directory) / p)) for p in spec.detectors
+        ]
         if not self.detectors:
             raise CxrdetError(f"{directory}: the predictor lists no detector")
         # The sqrt rule reads P(not normal) from classifiers of the image labels (p_<label> columns).
-        self.class_names = {c["variant"]: list(c["class_names"]) for _, c in self.classifiers if c.get("target") == "label"}
+        self.class_names = {
+            c["variant"]: list(c["class_names"])
+            for _, c in self.classifiers
+            if c.get("target") == "label"
+        }
 
     @classmethod
     def load(cls, directory: Path, device: str = "auto") -> EnsemblePredictor:
         return cls(load_spec(directory), Path(directory), device)
 
-    def _ready(self, model: torch.nn.Module, config: dict[str, Any]) -> tuple[torch.nn.Module, dict[str, Any]]:
+    def _ready(
+        self, model: torch.nn.Module, config: dict[str, Any]
+    ) -> tuple[torch.nn.Module, dict[str, Any]]:
         return model.to(self.device).eval(), config
 
     def load_images(self, paths: Sequence[Path], image_ids: Sequence[str]) -> LoadedImages:
@@ -201,9 +234,19 @@ class EnsemblePredictor:
         views = tta_views(tta["augmentations"])
         classifier = [
             view_table(
-                predict_tta(model, images, size=config["image_size"], views=views, seed=tta["seed"],
-                            batch_size=tta["batch_size"], device=self.device, runtime=self.runtime),
-                ids, config, [v.name for v in views],
+                predict_tta(
+                    model,
+                    images,
+                    size=config["image_size"],
+                    views=views,
+                    seed=tta["seed"],
+                    batch_size=tta["batch_size"],
+                    device=self.device,
+                    runtime=self.runtime,
+                ),
+                ids,
+                config,
+                [v.name for v in views],
             )
             for model, config in self.classifiers
         ]
@@ -211,24 +254,39 @@ class EnsemblePredictor:
         boxes, tables = [], []
         for model, config in self.detectors:
             predicted = predict_views(
-                model, images, size=config["image_size"], views=detection_views(detection["hflip"], detection["scales"]),
-                decode_config=DecodeConfig(**config["decode"]), batch_size=detection["batch_size"],
-                device=self.device, runtime=self.runtime,
+                model,
+                images,
+                size=config["image_size"],
+                views=detection_views(detection["hflip"], detection["scales"]),
+                decode_config=DecodeConfig(**config["decode"]),
+                batch_size=detection["batch_size"],
+                device=self.device,
+                runtime=self.runtime,
             )
             found, table = prediction_tables(
-                predicted, ids, loaded.sizes, config["image_size"], fold=config["fold"], model=config["name"],
-                image_classes=config["image_class_names"], positive=config["positive"],
+                predicted,
+                ids,
+                loaded.sizes,
+                config["image_size"],
+                fold=config["fold"],
+                model=config["name"],
+                image_classes=config["image_class_names"],
+                positive=config["positive"],
             )
             boxes.append(found)
             tables.append(table)
         return MemberPredictions(
-            boxes=pd.concat(boxes, ignore_index=True), images=pd.concat(tables, ignore_index=True),
-            classifier=pd.concat(classifier, ignore_index=True) if classifier else pd.DataFrame(
-                columns=["image_id", "fold", "model", "view", "opacity", "probs"]),
+            boxes=pd.concat(boxes, ignore_index=True),
+            images=pd.concat(tables, ignore_index=True),
+            classifier=pd.concat(classifier, ignore_index=True)
+            if classifier
+            else pd.DataFrame(columns=["image_id", "fold", "model", "view", "opacity", "probs"]),
             sizes=loaded.sizes,
         )
 
-    def ensemble(self, members: MemberPredictions, recipe: EnsembleRecipe | None = None) -> Ensembled:
+    def ensemble(
+        self, members: MemberPredictions, recipe: EnsembleRecipe | None = None
+    ) -> Ensembled:
         return apply_recipe(members, recipe or self.recipe, self.class_names)
 
     def predict(
@@ -239,7 +297,9 @@ class EnsemblePredictor:
         boxes, probabilities = [], []
         for start in range(0, len(paths), chunk):
             part = slice(start, start + chunk)
-            done = self.ensemble(self.predict_members(self.load_images(paths[part], image_ids[part])))
+            done = self.ensemble(
+                self.predict_members(self.load_images(paths[part], image_ids[part]))
+            )
             boxes.append(done.boxes)
             probabilities.append(done.probabilities)
             if progress is not None:
@@ -249,15 +309,19 @@ class EnsemblePredictor:
         return Ensembled(pd.concat(boxes, ignore_index=True), pd.concat(probabilities))
 
 
-def image_files(directory: Path) -> Iterator[tuple[str, Path]]:
+def find_images(directory: Path) -> Iterator[tuple[str, Path]]:
     """(image id = file stem, path) of every DICOM/PNG/JPEG under `directory`, sorted by path;
     CxrdetError when two files share a stem."""
     directory = Path(directory)
     if not directory.is_dir():
         raise CxrdetError(f"{directory}: input folder not found")
     seen: dict[str, Path] = {}
-    for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+    for path in sorted(
+        p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    ):
         if path.stem in seen:
-            raise CxrdetError(f"{path}: image id {path.stem!r} is also {seen[path.stem]}; ids are file names")
+            raise CxrdetError(
+                f"{path}: image id {path.stem!r} is also {seen[path.stem]}; ids are file names"
+            )
         seen[path.stem] = path
         yield path.stem, path

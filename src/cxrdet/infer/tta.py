@@ -4,16 +4,22 @@
 Every view's probability is kept, so the tuning stage can choose how many views to
 average without running the network again. A random view is seeded by (seed, image
 id, view): the same image always gets the same views, in any batch, on any rank.
+
+`view_table` is the classifiers' prediction table, the contract between them and the
+ensemble stage: one row per (image, view) with image_id, fold, model, view, opacity
+(= P(opacity)) and probs (every class, in the model's class order).
 """
 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -21,8 +27,8 @@ from torch.utils.data import Dataset
 from cxrdet.config import TrainParams
 from cxrdet.data.augment import A, apply_seeded, derive_seed, one_random_change
 from cxrdet.data.datasets import CachedImages, normalize
-from cxrdet.train.distributed import DistContext
-from cxrdet.train.inference import predict_dataset
+from cxrdet.runtime.distributed import DistContext
+from cxrdet.runtime.inference import predict_dataset
 
 BASES = ("original", "inverted", "flipped")
 
@@ -127,3 +133,21 @@ def predict_tta(
     index = torch.cat([batch["index"] for batch in outputs]).numpy()
     probs = torch.cat([batch["probs"] for batch in outputs]).numpy()
     return probs[np.argsort(index, kind="stable")]
+
+
+def view_table(
+    probs: np.ndarray, image_ids: Sequence[str], config: dict[str, Any], views: Sequence[str]
+) -> pd.DataFrame:
+    """The prediction table of TTA probabilities (images, views, classes) of the classifier
+    described by `config` (see train_fold_classifier): one row per (image, view)."""
+    count = len(image_ids)
+    return pd.DataFrame(
+        {
+            "image_id": np.repeat(np.asarray(image_ids, dtype=object), len(views)),
+            "fold": config["fold"],
+            "model": config["variant"],
+            "view": list(views) * count,
+            "opacity": probs[:, :, config["positive"]].sum(axis=2).reshape(-1),
+            "probs": list(probs.reshape(count * len(views), -1)),
+        }
+    )

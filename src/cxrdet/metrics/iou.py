@@ -1,4 +1,5 @@
-"""Vectorised IoU: pairwise matrices, per-group padded batches and greedy matching.
+"""Box geometry, the one home (as torchvision.ops.boxes): xywh <-> xyxy for arrays and box
+tables, and vectorised IoU: pairwise matrices, per-group padded batches and greedy matching.
 
 The detection scores match boxes image by image. Looping over images in Python costs
 more than the arithmetic, so rows are grouped once (one sort) and groups with similar
@@ -9,9 +10,9 @@ checked arrays the scores read from box tables, and their tie-proof confidence o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -23,6 +24,34 @@ def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
     """(n, 4) top-left x, y, width, height -> (n, 4) x_min, y_min, x_max, y_max."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     return np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
+
+
+def to_xyxy(boxes: pd.DataFrame) -> np.ndarray:
+    """(n, 4) x_min, y_min, x_max, y_max of a box table's x, y, w, h."""
+    return xywh_to_xyxy(boxes[["x", "y", "w", "h"]].to_numpy(dtype=np.float64))
+
+
+def xyxy_columns(xyxy: np.ndarray) -> dict[str, np.ndarray]:
+    """{"x", "y", "w", "h"} columns of (n, 4) x_min, y_min, x_max, y_max boxes."""
+    xyxy = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
+    return {
+        "x": xyxy[:, 0],
+        "y": xyxy[:, 1],
+        "w": xyxy[:, 2] - xyxy[:, 0],
+        "h": xyxy[:, 3] - xyxy[:, 1],
+    }
+
+
+def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every (n, 4) xyxy box of `a` with every (m, 4) box of `b`; 0 for an empty union."""
+    low = np.maximum(a[:, None, :2], b[None, :, :2])
+    high = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    side = np.clip(high - low, 0, None)
+    inter = side[..., 0] * side[..., 1]
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 def iou_xyxy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -189,3 +218,8 @@ def confidence_order(scores: np.ndarray, ties: np.ndarray, *keys: np.ndarray) ->
     if not tied.any():
         return order  # real-valued scores rarely tie: skip the costly many-key sort
     return np.lexsort((*np.asarray(ties).T[::-1], -scores, *keys[::-1]))
+
+
+def xyxy_frame(image_ids: Sequence[Any], xyxy: np.ndarray, **columns: Any) -> pd.DataFrame:
+    """image_id, x, y, w, h (+ columns) from (n, 4) xyxy boxes."""
+    return pd.DataFrame({"image_id": list(image_ids), **xyxy_columns(xyxy), **columns})

@@ -24,6 +24,7 @@ from torch import Tensor
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 
+from cxrdet.config import AnchorParams
 from cxrdet.errors import ConfigError
 
 # YOLOv5's autoanchor rule: a box fits an anchor when neither side differs by more than 4x.
@@ -50,7 +51,9 @@ class AnchorConfig:
         missing = [name for name in ("sizes", "scales", "ratios") if name not in content]
         if missing:
             raise ConfigError(f"{key}: missing {missing}")
-        config = cls(*(tuple(float(v) for v in content[name]) for name in ("sizes", "scales", "ratios")))
+        config = cls(
+            *(tuple(float(v) for v in content[name]) for name in ("sizes", "scales", "ratios"))
+        )
         config.check(key)
         return config
 
@@ -75,7 +78,9 @@ class AnchorConfig:
         return np.stack([sizes * widths, sizes * heights], axis=-1)
 
 
-def anchors_from_base(base_size: float, strides: Sequence[int], scales: Sequence[float], ratios: Sequence[float]) -> AnchorConfig:
+def anchors_from_base(
+    base_size: float, strides: Sequence[int], scales: Sequence[float], ratios: Sequence[float]
+) -> AnchorConfig:
     """Base size per level = base_size x stride: the reference's 2^(l+2) is base_size 4."""
     return AnchorConfig(tuple(float(base_size * s) for s in strides), tuple(scales), tuple(ratios))
 
@@ -106,7 +111,10 @@ class StridedAnchorGenerator(AnchorGenerator):
         key = (tuple(grid_sizes), dtype, device)
         if key not in self._cache:
             self.set_cell_anchors(torch.float32, device)
-            strides = [[torch.tensor(s, device=device), torch.tensor(s, device=device)] for s in self.strides]
+            strides = [
+                [torch.tensor(s, device=device), torch.tensor(s, device=device)]
+                for s in self.strides
+            ]
             levels = self.grid_anchors([list(g) for g in grid_sizes], strides)
             centred = [level + stride / 2 for level, stride in zip(levels, self.strides)]
             self._cache[key] = torch.cat(centred).to(dtype)
@@ -117,7 +125,9 @@ class StridedAnchorGenerator(AnchorGenerator):
         return [anchors for _ in image_list.image_sizes]
 
 
-def best_possible_recall(box_wh: np.ndarray, anchor_wh: np.ndarray, ratio: float = FIT_RATIO) -> float:
+def best_possible_recall(
+    box_wh: np.ndarray, anchor_wh: np.ndarray, ratio: float = FIT_RATIO
+) -> float:
     """YOLOv5 autoanchor fitness: the fraction of boxes with an anchor whose width and
     height are both within `ratio` of theirs (PITFALLS: below ~0.98 change the anchors)."""
     if len(box_wh) == 0:
@@ -134,7 +144,9 @@ def smallest_matchable_side(config: AnchorConfig, fg_iou: float) -> float:
     return float(np.sqrt((widths * heights).min() * fg_iou))
 
 
-def warn_unmatchable(box_wh: np.ndarray, config: AnchorConfig, fg_iou: float, what: str = "training boxes") -> int:
+def warn_unmatchable(
+    box_wh: np.ndarray, config: AnchorConfig, fg_iou: float, what: str = "training boxes"
+) -> int:
     """Warn (AnchorWarning) when boxes' smallest side is below what the smallest anchor can
     match; returns how many such boxes there are."""
     limit = smallest_matchable_side(config, fg_iou)
@@ -148,3 +160,25 @@ def warn_unmatchable(box_wh: np.ndarray, config: AnchorConfig, fg_iou: float, wh
             stacklevel=2,
         )
     return small
+
+
+def resolve_anchors(
+    anchors: AnchorParams, strides: Sequence[int], tuned: dict[str, Any] | None, tuned_key: str
+) -> AnchorConfig:
+    """The tuned anchors (anchors.json content) when given, else params' detector.anchors."""
+    if tuned is not None:
+        config = AnchorConfig.from_dict(tuned.get("anchors", {}), key=tuned_key)
+        if len(config.sizes) != len(strides):
+            raise ConfigError(
+                f"{tuned_key}: anchors tuned for {len(config.sizes)} levels, the detector has {len(strides)} "
+                "(detector.p2 changed?); rerun tune_anchors"
+            )
+        return config
+    if anchors.sizes is not None:
+        if len(anchors.sizes) != len(strides):
+            raise ConfigError(
+                f"detector.anchors.sizes: {len(anchors.sizes)} sizes for {len(strides)} pyramid levels "
+                f"(strides {list(strides)})"
+            )
+        return AnchorConfig(tuple(anchors.sizes), tuple(anchors.scales), tuple(anchors.ratios))
+    return anchors_from_base(anchors.base_size, strides, anchors.scales, anchors.ratios)

@@ -17,6 +17,7 @@ import timm
 import torch
 from torch import nn
 
+from cxrdet.config import DetectorParams
 from cxrdet.errors import ConfigError
 from cxrdet.models.files import save_model_file
 
@@ -160,3 +161,19 @@ def load_backbone_weights(model: nn.Module, name: str, path: Path, param_key: st
             f"{param_key}: {path} does not fit timm model {name!r}: " + "; ".join(problems)
         )
     model.load_state_dict(state_dict, strict=True)
+
+
+def backbone_source(
+    params: DetectorParams, pretrained_dir: Path, allow_download: bool
+) -> dict[str, Any]:
+    """create_backbone's weight arguments for detector.weights."""
+    if params.weights == "pretrain":
+        path = pretrained_dir / f"{params.backbone}.pt"
+        if not path.is_file():
+            raise ConfigError(
+                f"detector.weights: {path} not found; the pretrain stage writes it for the backbones of classifier.variants"
+            )
+        return {"pretrained_path": path}
+    if params.weights == "imagenet":
+        return {"imagenet": True, "allow_download": allow_download}
+    return {}

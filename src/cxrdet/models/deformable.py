@@ -31,13 +31,27 @@ class ModulatedDeformConv2d(DeformConv2d):
     backbone's state_dict only gains the `offset.*` keys."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] = 1,
-        padding: int | tuple[int, int] = 0, dilation: int | tuple[int, int] = 1, groups: int = 1, bias: bool = True,
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = True,
     ) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)  # type: ignore[arg-type]
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias
+        )  # type: ignore[arg-type]
         taps = self.kernel_size[0] * self.kernel_size[1]
         self.offset = nn.Conv2d(
-            in_channels, 3 * taps, self.kernel_size, self.stride, self.padding, self.dilation  # (dy, dx) x taps + masks
+            in_channels,
+            3 * taps,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,  # (dy, dx) x taps + masks
         )
         nn.init.zeros_(self.offset.weight)
         nn.init.zeros_(self.offset.bias)
@@ -46,8 +60,14 @@ class ModulatedDeformConv2d(DeformConv2d):
     def from_conv(cls, conv: nn.Conv2d) -> ModulatedDeformConv2d:
         """The deformable twin of `conv`, with its weights."""
         layer = cls(
-            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,  # type: ignore[arg-type]
-            conv.dilation, conv.groups, conv.bias is not None,  # type: ignore[arg-type]
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,  # type: ignore[arg-type]
+            conv.dilation,
+            conv.groups,
+            conv.bias is not None,  # type: ignore[arg-type]
         )
         with torch.no_grad():
             layer.weight.copy_(conv.weight)
@@ -78,7 +98,9 @@ def backbone_stages(backbone: nn.Module) -> dict[int, list[str]]:
     for index, module_name in enumerate(info.module_name()):
         # FeatureListNet flattens `stages.3` to `stages_3`; other feature classes keep the name.
         own = module_name if module_name in known else module_name.replace(".", "_")
-        end = max(i for i, name in enumerate(names) if name == own or name.startswith(own + ".")) + 1
+        end = (
+            max(i for i, name in enumerate(names) if name == own or name.startswith(own + ".")) + 1
+        )
         stages[round(math.log2(info.reduction()[index]))] = names[start:end]
         start = end
     return stages
@@ -89,20 +111,25 @@ def make_deformable(backbone: nn.Module, levels: Sequence[int], name: str, key: 
     (in place, weights kept); returns how many. ConfigError naming `key` for a stage the
     backbone `name` lacks or one without such a convolution."""
     stages = backbone_stages(backbone)
-    available = ", ".join(f"C{k} (stride {2 ** k})" for k in stages)
+    available = ", ".join(f"C{k} (stride {2**k})" for k in stages)
     converted = 0
     for level in levels:
         if level not in stages:
-            raise ConfigError(f"{key}: C{level} is not a stage of {name!r}; its stages are {available}")
+            raise ConfigError(
+                f"{key}: C{level} is not a stage of {name!r}; its stages are {available}"
+            )
         convs = [
             module_name
             for module_name in stages[level]
             # Conv2d subclasses (timm's Conv2dSame pads in forward) would lose their padding.
             if type(conv := backbone.get_submodule(module_name)) is nn.Conv2d
-            and conv.kernel_size == KERNEL and conv.padding_mode == "zeros"
+            and conv.kernel_size == KERNEL
+            and conv.padding_mode == "zeros"
         ]
         if not convs:
-            raise ConfigError(f"{key}: stage C{level} of {name!r} has no plain 3x3 convolution to make deformable")
+            raise ConfigError(
+                f"{key}: stage C{level} of {name!r} has no plain 3x3 convolution to make deformable"
+            )
         for module_name in convs:
             parent, _, child = module_name.rpartition(".")
             owner = backbone.get_submodule(parent) if parent else backbone

@@ -26,7 +26,9 @@ def check_relation(dim: int, heads: int, geometry_dim: int, key: str) -> None:
     """ConfigError naming `key`.<field> unless `heads` divides `dim` and `geometry_dim` is a
     positive multiple of 8 (4 geometric features x sin and cos x frequencies)."""
     if heads < 1 or dim % heads:
-        raise ConfigError(f"{key}.heads: {heads} heads do not divide the box head's {dim} channels (representation)")
+        raise ConfigError(
+            f"{key}.heads: {heads} heads do not divide the box head's {dim} channels (representation)"
+        )
     if geometry_dim < 8 or geometry_dim % 8:
         raise ConfigError(f"{key}.geometry_dim: {geometry_dim} is not a positive multiple of 8")
 
@@ -36,14 +38,18 @@ def box_geometry(boxes: Tensor) -> Tensor:
     log(|dx| / w_m), log(|dy| / h_m), log(w_n / w_m), log(h_n / h_m)."""
     sizes = (boxes[:, 2:] - boxes[:, :2]).clamp(min=MIN_DISTANCE)
     centres = (boxes[:, :2] + boxes[:, 2:]) / 2
-    offsets = ((centres[None, :, :] - centres[:, None, :]).abs() / sizes[:, None, :]).clamp(min=MIN_DISTANCE)
+    offsets = ((centres[None, :, :] - centres[:, None, :]).abs() / sizes[:, None, :]).clamp(
+        min=MIN_DISTANCE
+    )
     return torch.cat([offsets.log(), (sizes[None, :, :] / sizes[:, None, :]).log()], dim=-1)
 
 
 def sinusoidal(geometry: Tensor, dim: int) -> Tensor:
     """(R, R, dim) sin/cos embedding of the (R, R, 4) geometry (dim / 8 frequencies each)."""
     frequencies = dim // 8
-    exponents = torch.arange(frequencies, device=geometry.device, dtype=geometry.dtype) / frequencies
+    exponents = (
+        torch.arange(frequencies, device=geometry.device, dtype=geometry.dtype) / frequencies
+    )
     scaled = GEOMETRY_SCALE * geometry[..., None] / WAVELENGTH**exponents  # (R, R, 4, frequencies)
     return torch.cat([scaled.sin(), scaled.cos()], dim=-1).flatten(-2)
 
@@ -67,10 +73,14 @@ class ObjectRelation(nn.Module):
         embedded = sinusoidal(box_geometry(boxes.float()), self.geometry_dim).to(features.dtype)
         weights = torch.relu(self.geometry(embedded)).clamp(min=MIN_WEIGHT).log()  # (R, R, heads)
         mask = weights.permute(2, 0, 1)  # (heads, query, key): added to the attention logits
-        related, _ = self.attention(features, features, features, attn_mask=mask, need_weights=False)
+        related, _ = self.attention(
+            features, features, features, attn_mask=mask, need_weights=False
+        )
         return features + related
 
     def over_images(self, features: Tensor, boxes: Tensor, counts: list[int]) -> Tensor:
         """The relation within each image of a batch whose RoIs are concatenated image by image."""
         parts = zip(features.split(counts), boxes.split(counts))
-        return torch.cat([self(image_features, image_boxes) for image_features, image_boxes in parts])
+        return torch.cat(
+            [self(image_features, image_boxes) for image_features, image_boxes in parts]
+        )

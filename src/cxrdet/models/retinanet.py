@@ -40,8 +40,9 @@ from torchvision.ops import (
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.ops.misc import Conv2dNormActivation
 
+from cxrdet.config import DetectorParams
 from cxrdet.errors import ConfigError
-from cxrdet.models.anchors import AnchorConfig, StridedAnchorGenerator
+from cxrdet.models.anchors import AnchorConfig, StridedAnchorGenerator, resolve_anchors
 from cxrdet.models.backbone import create_backbone
 from cxrdet.models.files import load_model_file, save_model_file
 
@@ -64,21 +65,32 @@ class RetinaNetConfig:
     p2: bool = True  # FPN level P2 (stride 4) for small boxes
     fpn_channels: int = 256
     head_convs: int = 4  # 3x3 conv + ReLU layers in each head before its output conv
-    head_norm: bool = False  # GroupNorm in the head convs (torchvision's RetinaNet v2): faster convergence
+    head_norm: bool = (
+        False  # GroupNorm in the head convs (torchvision's RetinaNet v2): faster convergence
+    )
     cls_dropout: float = 0.0  # before the anchor-classification conv
     global_dropout: float = 0.0  # before the global head's linear layer
     frozen_bn: bool = False  # the encoder's batch norms keep their loaded statistics
     prior: float = 0.01  # initial foreground probability of every anchor
-    box_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)  # box targets / [0.1, 0.1, 0.2, 0.2]
+    box_weights: tuple[float, float, float, float] = (
+        10.0,
+        10.0,
+        5.0,
+        5.0,
+    )  # box targets / [0.1, 0.1, 0.2, 0.2]
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "anchors": self.anchors.to_dict()}
 
     @classmethod
     def from_dict(cls, content: dict[str, Any]) -> RetinaNetConfig:
-        return cls(**{
-            **content, "anchors": AnchorConfig.from_dict(content["anchors"]), "box_weights": tuple(content["box_weights"]),
-        })
+        return cls(
+            **{
+                **content,
+                "anchors": AnchorConfig.from_dict(content["anchors"]),
+                "box_weights": tuple(content["box_weights"]),
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -116,8 +128,14 @@ class RetinaHead(nn.Module):
     ) -> None:
         super().__init__()
         self.outputs = outputs
-        norm_layer = partial(nn.GroupNorm, math.gcd(GROUPS, max(1, channels // MIN_GROUP_CHANNELS))) if norm else None
-        self.tower = nn.Sequential(*(Conv2dNormActivation(channels, channels, norm_layer=norm_layer) for _ in range(convs)))
+        norm_layer = (
+            partial(nn.GroupNorm, math.gcd(GROUPS, max(1, channels // MIN_GROUP_CHANNELS)))
+            if norm
+            else None
+        )
+        self.tower = nn.Sequential(
+            *(Conv2dNormActivation(channels, channels, norm_layer=norm_layer) for _ in range(convs))
+        )
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Conv2d(channels, anchors * outputs, kernel_size=3, padding=1)
         for layer in self.modules():
@@ -132,7 +150,11 @@ class RetinaHead(nn.Module):
         for features in pyramid:
             out = self.out(self.dropout(self.tower(features)))
             n, _, h, w = out.shape
-            levels.append(out.view(n, -1, self.outputs, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, self.outputs))
+            levels.append(
+                out.view(n, -1, self.outputs, h, w)
+                .permute(0, 3, 4, 1, 2)
+                .reshape(n, -1, self.outputs)
+            )
         return torch.cat(levels, dim=1)
 
 
@@ -146,19 +168,27 @@ def create_detector_backbone(
 ) -> nn.Module:
     """The one-channel timm backbone as feature maps (all of its levels)."""
     return create_backbone(
-        name, features_only=True, pretrained_path=pretrained_path, imagenet=imagenet,
-        allow_download=allow_download, param_key=param_key,
+        name,
+        features_only=True,
+        pretrained_path=pretrained_path,
+        imagenet=imagenet,
+        allow_download=allow_download,
+        param_key=param_key,
     )
 
 
-def pyramid_levels(feature_info: Any, p2: bool, param_key: str = "detector.backbone") -> tuple[list[int], tuple[int, ...]]:
+def pyramid_levels(
+    feature_info: Any, p2: bool, param_key: str = "detector.backbone"
+) -> tuple[list[int], tuple[int, ...]]:
     """(backbone levels feeding the FPN: the last 4 (C2-C5) or 3 (C3-C5), strides of P2|P3..P7).
 
     Strides are timm's `feature_info.reduction()` (PITFALLS: never image size // feature size);
     P6 and P7 double the last one twice."""
     used = 4 if p2 else 3
     if len(feature_info) < used:
-        raise ConfigError(f"{param_key}: the backbone has {len(feature_info)} feature levels; the FPN needs {used}")
+        raise ConfigError(
+            f"{param_key}: the backbone has {len(feature_info)} feature levels; the FPN needs {used}"
+        )
     levels = list(range(len(feature_info) - used, len(feature_info)))
     reductions = [int(feature_info.reduction()[i]) for i in levels]
     return levels, (*reductions, *(reductions[-1] * 2 ** (k + 1) for k in range(EXTRA_LEVELS)))
@@ -185,13 +215,20 @@ class RetinaNet(nn.Module):
         self.box_coder = det_utils.BoxCoder(weights=config.box_weights)
         prior_bias = -math.log((1 - config.prior) / config.prior)
         self.cls_head = RetinaHead(
-            width, config.head_convs, per_location, config.num_classes, norm=config.head_norm,
-            dropout=config.cls_dropout, bias=prior_bias,
+            width,
+            config.head_convs,
+            per_location,
+            config.num_classes,
+            norm=config.head_norm,
+            dropout=config.cls_dropout,
+            bias=prior_bias,
         )
         self.box_head = RetinaHead(width, config.head_convs, per_location, 4, norm=config.head_norm)
         self.global_head = (
             nn.Sequential(
-                nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(config.global_dropout),
+                nn.AdaptiveAvgPool2d(1),
+                nn.Flatten(),
+                nn.Dropout(config.global_dropout),
                 nn.Linear(channels[-1], config.image_classes),
             )
             if config.image_classes
@@ -213,7 +250,10 @@ class RetinaNet(nn.Module):
     def check_image_size(self, size: int, key: str) -> None:
         """ConfigError naming `key` unless `size` is a multiple of the largest stride (P7)."""
         if size % self.max_stride:
-            lower, upper = size // self.max_stride * self.max_stride, (size // self.max_stride + 1) * self.max_stride
+            lower, upper = (
+                size // self.max_stride * self.max_stride,
+                (size // self.max_stride + 1) * self.max_stride,
+            )
             raise ConfigError(
                 f"{key}: {size} is not a multiple of the largest stride {self.max_stride} "
                 f"(levels {'P2' if self.config.p2 else 'P3'}-P7 of {self.config.backbone!r}); "
@@ -244,6 +284,17 @@ class RetinaNet(nn.Module):
             outputs["image_logits"] = self.global_head(features[self.levels[-1]])
         return outputs
 
+    def detect(
+        self, images: Tensor, image_size: tuple[int, int], config: DecodeConfig
+    ) -> tuple[list[Detections], Tensor | None]:
+        """(per-image detections, global-head probabilities or None) of normalised `images`;
+        `image_size` is their content (boxes are clipped to it; the rest is padding). Every
+        family's model answers `detect` alike: prediction never asks which family it runs."""
+        outputs = self(images)
+        return decode(outputs, self.box_coder, image_size, config), global_head_probabilities(
+            outputs
+        )
+
 
 class RetinaNetLoss:
     """Focal loss over every non-ignored anchor and smooth-L1 over the positive ones, both
@@ -252,13 +303,20 @@ class RetinaNetLoss:
 
     def __init__(self, box_coder: det_utils.BoxCoder, config: LossConfig = LossConfig()) -> None:
         self.config = config
-        self.matcher = det_utils.Matcher(config.fg_iou, config.bg_iou, allow_low_quality_matches=True)
+        self.matcher = det_utils.Matcher(
+            config.fg_iou, config.bg_iou, allow_low_quality_matches=True
+        )
         self.box_coder = box_coder  # the model's: targets are encoded as its deltas are decoded
 
     def match(self, boxes: Tensor, anchors: Tensor) -> Tensor:
         """Per anchor: the index of its box, or Matcher.BELOW_LOW_THRESHOLD / BETWEEN_THRESHOLDS."""
         if boxes.numel() == 0:
-            return torch.full((len(anchors),), self.matcher.BELOW_LOW_THRESHOLD, dtype=torch.int64, device=anchors.device)
+            return torch.full(
+                (len(anchors),),
+                self.matcher.BELOW_LOW_THRESHOLD,
+                dtype=torch.int64,
+                device=anchors.device,
+            )
         return self.matcher(box_iou(boxes, anchors))
 
     def __call__(
@@ -280,16 +338,31 @@ class RetinaNetLoss:
         valid = matched != self.matcher.BETWEEN_THRESHOLDS
         normaliser = positive.sum().clamp(min=1)
         config = self.config
-        cls_loss = sigmoid_focal_loss(
-            cls_logits[valid], targets[valid], alpha=config.alpha, gamma=config.gamma, reduction="sum"
-        ) / normaliser
+        cls_loss = (
+            sigmoid_focal_loss(
+                cls_logits[valid],
+                targets[valid],
+                alpha=config.alpha,
+                gamma=config.gamma,
+                reduction="sum",
+            )
+            / normaliser
+        )
         image_index, anchor_index = positive.nonzero(as_tuple=True)
         if len(anchor_index):
-            matched_boxes = torch.cat([b[matched[i, positive[i]]] for i, b in enumerate(boxes) if positive[i].any()])
+            matched_boxes = torch.cat(
+                [b[matched[i, positive[i]]] for i, b in enumerate(boxes) if positive[i].any()]
+            )
             box_targets = self.box_coder.encode_single(matched_boxes, anchors[anchor_index])
-            box_loss = F.smooth_l1_loss(
-                deltas[image_index, anchor_index], box_targets, beta=config.smooth_l1_beta, reduction="sum"
-            ) / normaliser
+            box_loss = (
+                F.smooth_l1_loss(
+                    deltas[image_index, anchor_index],
+                    box_targets,
+                    beta=config.smooth_l1_beta,
+                    reduction="sum",
+                )
+                / normaliser
+            )
         else:
             box_loss = deltas.sum() * 0.0  # keeps the regression head in the graph
         total = cls_loss + box_loss
@@ -309,7 +382,10 @@ class Detections:
 
 
 def decode(
-    outputs: dict[str, Tensor], box_coder: det_utils.BoxCoder, image_size: tuple[int, int], config: DecodeConfig
+    outputs: dict[str, Tensor],
+    box_coder: det_utils.BoxCoder,
+    image_size: tuple[int, int],
+    config: DecodeConfig,
 ) -> list[Detections]:
     """Per image: anchors scoring above the floor (best `candidates`), decoded, clipped to the
     image, class-wise NMS, best `top_k`."""
@@ -324,13 +400,15 @@ def decode(
         if len(keep) > config.candidates:
             keep = keep[flat[keep].topk(config.candidates).indices]
         anchor_index, labels = keep // num_classes, keep % num_classes
-        boxes = clip_boxes_to_image(box_coder.decode_single(deltas[anchor_index], anchors[anchor_index]), image_size)
+        boxes = clip_boxes_to_image(
+            box_coder.decode_single(deltas[anchor_index], anchors[anchor_index]), image_size
+        )
         kept = batched_nms(boxes, flat[keep], labels, config.nms_iou)[: config.top_k]
         detections.append(Detections(boxes[kept], flat[keep][kept], labels[kept]))
     return detections
 
 
-def image_probabilities(outputs: dict[str, Tensor]) -> Tensor | None:
+def global_head_probabilities(outputs: dict[str, Tensor]) -> Tensor | None:
     """Softmax of the global head, (N, image_classes); None without a global head."""
     logits = outputs.get("image_logits")
     return None if logits is None else logits.float().softmax(dim=1)
@@ -342,7 +420,9 @@ def save_detector_file(path: Path, kind: str, model: nn.Module, extra: dict[str,
     save_model_file(path, kind, model.state_dict(), {"model": model.config.to_dict(), **extra})
 
 
-def load_detector_file(path: Path, kind: str, model_class: type, config_class: type) -> tuple[Any, dict[str, Any]]:
+def load_detector_file(
+    path: Path, kind: str, model_class: type, config_class: type
+) -> tuple[Any, dict[str, Any]]:
     """(model, config) of a file `save_detector_file` wrote: `model_class(config, backbone)`."""
     state_dict, config = load_model_file(path, kind)
     model_config = config_class.from_dict(config["model"])
@@ -357,3 +437,44 @@ def save_detector(path: Path, model: RetinaNet, extra: dict[str, Any]) -> None:
 
 def load_detector(path: Path) -> tuple[RetinaNet, dict[str, Any]]:
     return load_detector_file(path, DETECTOR_KIND, RetinaNet, RetinaNetConfig)
+
+
+def build_retinanet(
+    params: DetectorParams,
+    num_classes: int,
+    image_classes: int,
+    tuned_anchors: dict[str, Any] | None = None,
+    tuned_key: str = "anchors.json",
+    weights: dict[str, Any] | None = None,
+) -> RetinaNet:
+    backbone = create_detector_backbone(
+        params.backbone, param_key="detector.backbone", **(weights or {})
+    )
+    _, strides = pyramid_levels(backbone.feature_info, params.p2)
+    config = RetinaNetConfig(
+        backbone=params.backbone,
+        num_classes=num_classes,
+        anchors=resolve_anchors(params.anchors, strides, tuned_anchors, tuned_key),
+        image_classes=image_classes,
+        p2=params.p2,
+        fpn_channels=params.fpn_channels,
+        head_convs=params.head_convs,
+        head_norm=params.head_norm,
+        cls_dropout=params.cls_dropout,
+        global_dropout=params.global_dropout,
+        frozen_bn=params.frozen_bn,
+    )
+    model = RetinaNet(config, backbone)
+    model.check_image_size(params.image_size, "detector.image_size")
+    return model
+
+
+def loss_config(params: DetectorParams) -> LossConfig:
+    loss = params.loss
+    return LossConfig(
+        loss.fg_iou, loss.bg_iou, loss.alpha, loss.gamma, loss.smooth_l1_beta, params.global_weight
+    )
+
+
+def decode_config(params: DetectorParams) -> DecodeConfig:
+    return DecodeConfig(**params.decode.model_dump())

@@ -33,13 +33,15 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from cxrdet.config import DetectorParams
 from cxrdet.errors import ConfigError
-from cxrdet.models.anchors import AnchorConfig, StridedAnchorGenerator
+from cxrdet.models.anchors import AnchorConfig, StridedAnchorGenerator, resolve_anchors
 from cxrdet.models.deformable import make_deformable
 from cxrdet.models.relation import ObjectRelation
 from cxrdet.models.retinanet import (
     DecodeConfig,
     Detections,
+    create_detector_backbone,
     load_detector_file,
     pyramid_levels,
     save_detector_file,
@@ -70,11 +72,21 @@ class TwoStageConfig:
     frozen_bn: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "anchors": self.anchors.to_dict(), "deformable": list(self.deformable)}
+        return {
+            **asdict(self),
+            "anchors": self.anchors.to_dict(),
+            "deformable": list(self.deformable),
+        }
 
     @classmethod
     def from_dict(cls, content: dict[str, Any]) -> TwoStageConfig:
-        return cls(**{**content, "anchors": AnchorConfig.from_dict(content["anchors"]), "deformable": tuple(content["deformable"])})
+        return cls(
+            **{
+                **content,
+                "anchors": AnchorConfig.from_dict(content["anchors"]),
+                "deformable": tuple(content["deformable"]),
+            }
+        )
 
 
 class FpnBody(nn.Module):
@@ -106,10 +118,15 @@ class BoxHead(TwoMLPHead):
     """TwoMLPHead (fc6, fc7, ReLU) with an object-relation module after each fc layer when
     `relation_heads` > 0 (Relation Networks' 2fc + 2 RM head); takes the RoIs too."""
 
-    def __init__(self, in_channels: int, representation: int, relation_heads: int, geometry_dim: int) -> None:
+    def __init__(
+        self, in_channels: int, representation: int, relation_heads: int, geometry_dim: int
+    ) -> None:
         super().__init__(in_channels, representation)
         self.relations = (
-            nn.ModuleList(ObjectRelation(representation, relation_heads, geometry_dim, RELATION_KEY) for _ in range(2))
+            nn.ModuleList(
+                ObjectRelation(representation, relation_heads, geometry_dim, RELATION_KEY)
+                for _ in range(2)
+            )
             if relation_heads
             else None
         )
@@ -119,7 +136,9 @@ class BoxHead(TwoMLPHead):
         for number, fc in enumerate((self.fc6, self.fc7)):
             x = F.relu(fc(x))
             if self.relations is not None and proposals is not None:
-                x = self.relations[number].over_images(x, torch.cat(proposals), [len(p) for p in proposals])
+                x = self.relations[number].over_images(
+                    x, torch.cat(proposals), [len(p) for p in proposals]
+                )
         return x
 
 
@@ -135,14 +154,22 @@ class BoxRoIHeads(RoIHeads):
         targets: list[dict[str, Tensor]] | None = None,
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
         if self.training:
-            proposals, _, labels, regression_targets = self.select_training_samples(proposals, targets)
+            proposals, _, labels, regression_targets = self.select_training_samples(
+                proposals, targets
+            )
         pooled = self.box_roi_pool(features, proposals, image_shapes)
         class_logits, box_regression = self.box_predictor(self.box_head(pooled, proposals))
         if self.training:
-            loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
+            loss_classifier, loss_box_reg = fastrcnn_loss(
+                class_logits, box_regression, labels, regression_targets
+            )
             return [], {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
-        boxes, scores, classes = self.postprocess_detections(class_logits, box_regression, proposals, image_shapes)
-        return [{"boxes": b, "scores": s, "labels": c} for b, s, c in zip(boxes, scores, classes)], {}
+        boxes, scores, classes = self.postprocess_detections(
+            class_logits, box_regression, proposals, image_shapes
+        )
+        return [
+            {"boxes": b, "scores": s, "labels": c} for b, s, c in zip(boxes, scores, classes)
+        ], {}
 
 
 class TwoStageDetector(nn.Module):
@@ -160,17 +187,33 @@ class TwoStageDetector(nn.Module):
         anchors = StridedAnchorGenerator(config.anchors, self.body.strides)
         width = config.fpn_channels
         self.rpn = RegionProposalNetwork(
-            anchors, RPNHead(width, config.anchors.per_location), fg_iou_thresh=0.7, bg_iou_thresh=0.3,
-            batch_size_per_image=config.rpn_batch_size, positive_fraction=0.5,
+            anchors,
+            RPNHead(width, config.anchors.per_location),
+            fg_iou_thresh=0.7,
+            bg_iou_thresh=0.3,
+            batch_size_per_image=config.rpn_batch_size,
+            positive_fraction=0.5,
             pre_nms_top_n={"training": config.proposals, "testing": config.proposals},
-            post_nms_top_n={"training": config.proposals, "testing": config.proposals}, nms_thresh=0.7,
+            post_nms_top_n={"training": config.proposals, "testing": config.proposals},
+            nms_thresh=0.7,
         )
         self.roi_heads = BoxRoIHeads(
             MultiScaleRoIAlign(self.body.names, output_size=ROI_SIZE, sampling_ratio=2),
-            BoxHead(width * ROI_SIZE**2, config.representation, config.relation_heads, config.geometry_dim),
+            BoxHead(
+                width * ROI_SIZE**2,
+                config.representation,
+                config.relation_heads,
+                config.geometry_dim,
+            ),
             FastRCNNPredictor(config.representation, config.num_classes + 1),
-            fg_iou_thresh=0.5, bg_iou_thresh=0.5, batch_size_per_image=config.roi_batch_size, positive_fraction=0.25,
-            bbox_reg_weights=None, score_thresh=0.05, nms_thresh=0.5, detections_per_img=100,
+            fg_iou_thresh=0.5,
+            bg_iou_thresh=0.5,
+            batch_size_per_image=config.roi_batch_size,
+            positive_fraction=0.25,
+            bbox_reg_weights=None,
+            score_thresh=0.05,
+            nms_thresh=0.5,
+            detections_per_img=100,
         )
 
     @property
@@ -202,7 +245,10 @@ class TwoStageDetector(nn.Module):
         return self
 
     def forward(
-        self, images: Tensor, targets: list[dict[str, Tensor]] | None = None, image_size: tuple[int, int] | None = None
+        self,
+        images: Tensor,
+        targets: list[dict[str, Tensor]] | None = None,
+        image_size: tuple[int, int] | None = None,
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         """`image_size`: the content of padded inputs (boxes are clipped to it); default the input size."""
         size = image_size or (int(images.shape[-2]), int(images.shape[-1]))
@@ -211,16 +257,25 @@ class TwoStageDetector(nn.Module):
             targets = [{"boxes": t["boxes"], "labels": t["labels"] + 1} for t in targets]
         features = self.body(images)
         proposals, rpn_losses = self.rpn(image_list, features, targets)
-        detections, box_losses = self.roi_heads(features, proposals, image_list.image_sizes, targets)
+        detections, box_losses = self.roi_heads(
+            features, proposals, image_list.image_sizes, targets
+        )
         return {**rpn_losses, **box_losses} if self.training else detections
 
-    def detect(self, images: Tensor, image_size: tuple[int, int], config: DecodeConfig) -> list[Detections]:
+    def detect(
+        self, images: Tensor, image_size: tuple[int, int], config: DecodeConfig
+    ) -> tuple[list[Detections], None]:
         """Per image: boxes scoring above the floor after class-wise NMS, best `top_k`
-        (decode settings go to the RoI heads' post-processing; `candidates` is the RPN's `proposals`)."""
+        (decode settings go to the RoI heads' post-processing; `candidates` is the RPN's `proposals`);
+        no global head, so no image-class probabilities."""
         heads = self.roi_heads
-        heads.score_thresh, heads.nms_thresh, heads.detections_per_img = config.score_floor, config.nms_iou, config.top_k
+        heads.score_thresh, heads.nms_thresh, heads.detections_per_img = (
+            config.score_floor,
+            config.nms_iou,
+            config.top_k,
+        )
         found = self(images, image_size=image_size)
-        return [Detections(d["boxes"], d["scores"], d["labels"] - 1) for d in found]
+        return [Detections(d["boxes"], d["scores"], d["labels"] - 1) for d in found], None
 
 
 def save_two_stage(path: Path, model: TwoStageDetector, extra: dict[str, Any]) -> None:
@@ -229,3 +284,39 @@ def save_two_stage(path: Path, model: TwoStageDetector, extra: dict[str, Any]) -
 
 def load_two_stage(path: Path) -> tuple[TwoStageDetector, dict[str, Any]]:
     return load_detector_file(path, TWO_STAGE_KIND, TwoStageDetector, TwoStageConfig)
+
+
+def build_two_stage(
+    params: DetectorParams, num_classes: int, weights: dict[str, Any] | None = None
+) -> TwoStageDetector:
+    """The two-stage detector of params' detector.two_stage on detector.backbone (same weights source)."""
+    two_stage = params.two_stage
+    backbone = create_detector_backbone(
+        params.backbone, param_key="detector.backbone", **(weights or {})
+    )
+    levels, strides = pyramid_levels(backbone.feature_info, params.p2)
+    rpn_strides = strides[: len(levels) + 1]  # the FPN levels and the max-pooled P6
+    anchors = two_stage.anchors
+    if anchors.sizes is not None and len(anchors.sizes) != len(rpn_strides):
+        raise ConfigError(
+            f"detector.two_stage.anchors.sizes: {len(anchors.sizes)} sizes for {len(rpn_strides)} RPN levels "
+            f"(strides {list(rpn_strides)})"
+        )
+    config = TwoStageConfig(
+        backbone=params.backbone,
+        num_classes=num_classes,
+        anchors=resolve_anchors(anchors, rpn_strides, None, ""),
+        p2=params.p2,
+        fpn_channels=params.fpn_channels,
+        deformable=tuple(two_stage.deformable),
+        representation=two_stage.representation,
+        relation_heads=two_stage.relation.heads,
+        geometry_dim=two_stage.relation.geometry_dim,
+        rpn_batch_size=two_stage.rpn_batch_size,
+        roi_batch_size=two_stage.roi_batch_size,
+        proposals=two_stage.proposals,
+        frozen_bn=params.frozen_bn,
+    )
+    model = TwoStageDetector(config, backbone)
+    model.check_image_size(params.image_size, "detector.image_size")
+    return model

@@ -59,9 +59,13 @@ def image_suffix(data: bytes) -> str | None:
 def image_files(frame: pd.DataFrame, workdir: Path) -> ImageFiles:
     """The rows of `frame` as files: decoded `image` bytes are written under `workdir`."""
     if ID not in frame.columns:
-        raise ModelInputError(f"the input has no {ID!r} column (columns: {list(map(str, frame.columns))})")
+        raise ModelInputError(
+            f"the input has no {ID!r} column (columns: {list(map(str, frame.columns))})"
+        )
     if IMAGE not in frame.columns and PATH not in frame.columns:
-        raise ModelInputError(f"the input needs an {IMAGE!r} (base64 file bytes) or a {PATH!r} column")
+        raise ModelInputError(
+            f"the input needs an {IMAGE!r} (base64 file bytes) or a {PATH!r} column"
+        )
     if frame.empty:
         raise ModelInputError("the input has no rows")
     ids, paths, rows, seen = [], [], {}, {}
@@ -95,7 +99,9 @@ def encode_file(path: Path) -> str:
 def png_example(path: Path, preprocess: dict[str, float], size: int) -> str:
     """An `image` value for the model's input example: `path` windowed as the model reads
     it, shrunk to at most `size` pixels a side, as base64 PNG (small, yet a real image)."""
-    image = Image.fromarray(read_image(path, preprocess["low_percentile"], preprocess["high_percentile"]))
+    image = Image.fromarray(
+        read_image(path, preprocess["low_percentile"], preprocess["high_percentile"])
+    )
     image.thumbnail((size, size))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -104,14 +110,20 @@ def png_example(path: Path, preprocess: dict[str, float], size: int) -> str:
 
 def _given(value: Any) -> Any:
     """None for a missing cell (None, NaN, empty string), else the value."""
-    if value is None or (isinstance(value, float) and value != value) or (isinstance(value, str) and not value.strip()):
+    if (
+        value is None
+        or (isinstance(value, float) and value != value)
+        or (isinstance(value, str) and not value.strip())
+    ):
         return None
     return value
 
 
 def _decoded(encoded: Any, stem: Path, where: str) -> Path:
     if not isinstance(encoded, (str, bytes)):
-        raise ModelInputError(f"{where}, column {IMAGE}: expected base64 text, got {type(encoded).__name__}")
+        raise ModelInputError(
+            f"{where}, column {IMAGE}: expected base64 text, got {type(encoded).__name__}"
+        )
     try:
         data = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError) as error:

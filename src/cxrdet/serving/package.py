@@ -39,7 +39,9 @@ def pip_requirements() -> list[str]:
         try:
             pinned.append(f"{requirement.name}=={version(requirement.name)}")
         except PackageNotFoundError:
-            raise CxrdetError(f"{requirement.name} (a cxrdet dependency) is not installed; run `make setup`") from None
+            raise CxrdetError(
+                f"{requirement.name} (a cxrdet dependency) is not installed; run `make setup`"
+            ) from None
     return pinned
 
 
@@ -49,7 +51,11 @@ def model_arguments(bundle: Path, example: pd.DataFrame) -> Iterator[dict[str, A
     `bundle` and the input example `example` (valid while the context is open)."""
     with tempfile.TemporaryDirectory(prefix="cxrdet-code-") as scratch:
         code = Path(scratch) / "cxrdet"  # the package without caches
-        shutil.copytree(Path(cxrdet.__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(
+            Path(cxrdet.__file__).parent,
+            code,
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+        )
         yield {
             "python_model": str(MODEL_CODE),
             "artifacts": {BUNDLE: str(bundle)},

@@ -31,47 +31,73 @@ from mlflow.types.schema import Array, Object, Property
 
 from cxrdet.ensemble import Ensembled
 from cxrdet.errors import CxrdetError, ImageReadError
+from cxrdet.formats import output_format
 from cxrdet.infer.predictor import EnsemblePredictor
 from cxrdet.serving.inputs import ID, IMAGE, PATH, image_files
 from cxrdet.submission import prediction_strings
 
 BUNDLE = "bundle"  # the artifact holding the predictor directory
 OUTPUT_COLUMNS = [ID, "boxes", "probability", "PredictionString"]
-BOX_FIELDS = [("x", "double"), ("y", "double"), ("w", "double"), ("h", "double"), ("score", "double"),
-              ("class_id", "long"), ("class_name", "string")]
+BOX_FIELDS = [
+    ("x", "double"),
+    ("y", "double"),
+    ("w", "double"),
+    ("h", "double"),
+    ("score", "double"),
+    ("class_id", "long"),
+    ("class_name", "string"),
+]
 SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec("string", ID), ColSpec("string", IMAGE, required=False), ColSpec("string", PATH, required=False)]),
-    outputs=Schema([
-        ColSpec("string", ID),
-        ColSpec(Array(Object([Property(name, kind) for name, kind in BOX_FIELDS])), "boxes"),
-        ColSpec("double", "probability", required=False),
-        ColSpec("string", "PredictionString"),
-    ]),
+    inputs=Schema(
+        [
+            ColSpec("string", ID),
+            ColSpec("string", IMAGE, required=False),
+            ColSpec("string", PATH, required=False),
+        ]
+    ),
+    outputs=Schema(
+        [
+            ColSpec("string", ID),
+            ColSpec(Array(Object([Property(name, kind) for name, kind in BOX_FIELDS])), "boxes"),
+            ColSpec("double", "probability", required=False),
+            ColSpec("string", "PredictionString"),
+        ]
+    ),
 )
 
 
-def string_layout(fmt: str) -> str:
-    """The PredictionString layout of a dataset format (cxrdet.submission.prediction_strings)."""
-    return fmt if fmt in ("rsna", "vinbigdata") else "classes"
-
-
-def output_frame(result: Ensembled, image_ids: list[str], class_names: list[str], fmt: str) -> pd.DataFrame:
+def output_frame(
+    result: Ensembled, image_ids: list[str], class_names: list[str], fmt: str
+) -> pd.DataFrame:
     """One row per image of `image_ids` (OUTPUT_COLUMNS) from the ensemble's result."""
-    strings = dict(prediction_strings(result.boxes, string_layout(fmt), image_ids=image_ids))
+    strings = dict(
+        prediction_strings(result.boxes, output_format(fmt).string_layout, image_ids=image_ids)
+    )
     boxes: dict[str, list[dict[str, Any]]] = {image_id: [] for image_id in image_ids}
     for row in result.boxes.itertuples(index=False):  # best first within each image
-        boxes[str(row.image_id)].append({
-            "x": float(row.x), "y": float(row.y), "w": float(row.w), "h": float(row.h), "score": float(row.score),
-            "class_id": int(row.class_id), "class_name": class_names[int(row.class_id)],
-        })
+        boxes[str(row.image_id)].append(
+            {
+                "x": float(row.x),
+                "y": float(row.y),
+                "w": float(row.w),
+                "h": float(row.h),
+                "score": float(row.score),
+                "class_id": int(row.class_id),
+                "class_name": class_names[int(row.class_id)],
+            }
+        )
     opacity = result.probabilities.get("opacity")
     scored = [np.nan] * len(image_ids) if opacity is None else opacity.reindex(image_ids).tolist()
-    return pd.DataFrame({
-        ID: image_ids,
-        "boxes": [boxes[i] for i in image_ids],
-        "probability": [None if np.isnan(p) else float(p) for p in scored],  # JSON has no NaN: null
-        "PredictionString": [strings[i] for i in image_ids],
-    })[OUTPUT_COLUMNS]
+    return pd.DataFrame(
+        {
+            ID: image_ids,
+            "boxes": [boxes[i] for i in image_ids],
+            "probability": [
+                None if np.isnan(p) else float(p) for p in scored
+            ],  # JSON has no NaN: null
+            "PredictionString": [strings[i] for i in image_ids],
+        }
+    )[OUTPUT_COLUMNS]
 
 
 class EnsembleModel(PythonModel):
@@ -80,12 +106,16 @@ class EnsembleModel(PythonModel):
     predictor: EnsemblePredictor
 
     def load_context(self, context: Any) -> None:
-        device = (context.model_config or {}).get("device", "auto")  # load_model(model_config={"device": ...})
+        device = (context.model_config or {}).get(
+            "device", "auto"
+        )  # load_model(model_config={"device": ...})
         self.predictor = EnsemblePredictor.load(Path(context.artifacts[BUNDLE]), device=device)
 
     # MLflow reads the `model_input` hint: pd.DataFrame keeps the explicit SIGNATURE (a hint
     # it can derive a schema from would replace it).
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
         """`model_input`: see cxrdet.serving.inputs; returns OUTPUT_COLUMNS."""
         try:
             return self.predict_frame(model_input)

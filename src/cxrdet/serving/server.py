@@ -30,18 +30,40 @@ def free_port() -> int:
 
 
 @contextmanager
-def model_server(model_uri: str, env: Mapping[str, str] | None = None, start_timeout: float = 300.0) -> Iterator[str]:
+def model_server(
+    model_uri: str, env: Mapping[str, str] | None = None, start_timeout: float = 300.0
+) -> Iterator[str]:
     """Serve `model_uri` (one worker, offline env manager) until the block ends; yields the
     base URL once /ping answers. CxrdetError with the server's log if it does not start."""
     port = free_port()
-    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
-               "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        model_uri,
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-w",
+        "1",
+    ]
     with tempfile.TemporaryFile("w+") as log:
         # its own session: the server and any worker it forks stop together
         # MLflow starts `uvicorn` by name: this interpreter's scripts folder (the venv's) goes first on PATH
         path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-        process = subprocess.Popen(command, env={**os.environ, "PATH": path, **(env or {})}, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            env={**os.environ, "PATH": path, **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         url = f"http://127.0.0.1:{port}"
         try:
             _wait_ready(url, process, log, start_timeout)
@@ -56,8 +78,12 @@ def invoke(url: str, frame: pd.DataFrame, timeout: float = 300.0) -> tuple[int, 
 
 
 def post(url: str, body: Any, timeout: float = 300.0) -> tuple[int, Any]:
-    request = urllib.request.Request(f"{url}/invocations", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
+    request = urllib.request.Request(
+        f"{url}/invocations",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read())
@@ -82,7 +108,11 @@ def _wait_ready(url: str, process: subprocess.Popen, log: Any, timeout: float) -
             pass
         time.sleep(0.5)
     log.seek(0)
-    state = f"exited with {process.returncode}" if process.poll() is not None else f"not ready after {timeout:.0f} s"
+    state = (
+        f"exited with {process.returncode}"
+        if process.poll() is not None
+        else f"not ready after {timeout:.0f} s"
+    )
     raise CxrdetError(f"model server {state}:\n{log.read()[-4000:]}")
 
 

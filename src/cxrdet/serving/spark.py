@@ -52,11 +52,11 @@ def image_table(source: Path) -> pd.DataFrame:
     """(image_id, path) rows of a folder of images or of a .parquet/.csv table holding them."""
     import pandas as pd
 
-    from cxrdet.infer.predictor import image_files
+    from cxrdet.infer.predictor import find_images
     from cxrdet.serving.inputs import ID, PATH
 
     if source.is_dir():
-        table = pd.DataFrame([(i, str(p)) for i, p in image_files(source)], columns=[ID, PATH])
+        table = pd.DataFrame([(i, str(p)) for i, p in find_images(source)], columns=[ID, PATH])
     elif source.suffix.lower() in (".parquet", ".csv") and source.is_file():
         table = (
             pd.read_parquet(source)
@@ -139,10 +139,10 @@ def score(spark: Any, model_uri: str, table: pd.DataFrame, device: str) -> pd.Da
 
 def predict_on_spark(args: argparse.Namespace) -> int:
     """`cxrdet predict --engine spark` (its arguments: see cxrdet.commands.predict)."""
+    from cxrdet.formats import output_format
     from cxrdet.paths import project_root
     from cxrdet.serving.inputs import ID
     from cxrdet.serving.load import is_mlflow_model, load_predictor
-    from cxrdet.submission import write_submission
     from cxrdet.tracking.registry import resolve
 
     if not is_mlflow_model(args.model):
@@ -165,6 +165,8 @@ def predict_on_spark(args: argparse.Namespace) -> int:
         if owned:
             spark.stop()
     fmt = args.format or predictor.spec.fmt
-    write_submission(boxes, args.out, fmt, predictor.spec.class_names, image_ids=table[ID].tolist())
+    output_format(fmt).write_submission(
+        boxes, args.out, predictor.spec.class_names, table[ID].tolist()
+    )
     print(f"{len(table)} images, {len(boxes)} boxes -> {args.out} ({fmt})", file=sys.stderr)
     return 0

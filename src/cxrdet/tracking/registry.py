@@ -51,7 +51,9 @@ def register_version(name: str, model_uri: str, tags: Mapping[str, str]) -> Any:
     return version
 
 
-def version_tags(metrics: Mapping[str, Any], metric: str, identity: Mapping[str, str]) -> dict[str, str]:
+def version_tags(
+    metrics: Mapping[str, Any], metric: str, identity: Mapping[str, str]
+) -> dict[str, str]:
     """Tags of a new version: its numeric holdout metrics, which one gates, and `identity`
     (holdout hash, data hash, params hash, git commit)."""
     numeric = {
@@ -79,12 +81,18 @@ def gate(name: str, version: str, min_delta: float) -> Decision:
         return Decision(False, f"version {version} is already the champion")
     metric = candidate.tags.get(METRIC_TAG)
     if metric is None or metric != current.tags.get(METRIC_TAG):
-        return Decision(False, f"version {version} is scored by {metric}, champion version {current.version} "
-                               f"by {current.tags.get(METRIC_TAG)}: not comparable")
+        return Decision(
+            False,
+            f"version {version} is scored by {metric}, champion version {current.version} "
+            f"by {current.tags.get(METRIC_TAG)}: not comparable",
+        )
     here, there = candidate.tags.get(HOLDOUT_TAG), current.tags.get(HOLDOUT_TAG)
     if here is None or here != there:
-        return Decision(False, f"version {version} was scored on another holdout than champion version "
-                               f"{current.version} ({HOLDOUT_TAG} {here} vs {there}); not comparable")
+        return Decision(
+            False,
+            f"version {version} was scored on another holdout than champion version "
+            f"{current.version} ({HOLDOUT_TAG} {here} vs {there}); not comparable",
+        )
     new, old = score(candidate), score(current)
     if new is None:
         return Decision(False, f"version {version} has no holdout {metric}")
@@ -92,10 +100,16 @@ def gate(name: str, version: str, min_delta: float) -> Decision:
         return Decision(True, f"{metric} {new:.4f}; champion version {current.version} has none")
     gain = new - old
     if gain > 0 and gain >= min_delta:
-        return Decision(True, f"{metric} {new:.4f} beats champion version {current.version}'s {old:.4f} "
-                              f"by {gain:.4f} (min_delta {min_delta:g})")
-    return Decision(False, f"{metric} {new:.4f} does not beat champion version {current.version}'s {old:.4f} "
-                           f"by min_delta {min_delta:g} (gain {gain:+.4f})")
+        return Decision(
+            True,
+            f"{metric} {new:.4f} beats champion version {current.version}'s {old:.4f} "
+            f"by {gain:.4f} (min_delta {min_delta:g})",
+        )
+    return Decision(
+        False,
+        f"{metric} {new:.4f} does not beat champion version {current.version}'s {old:.4f} "
+        f"by min_delta {min_delta:g} (gain {gain:+.4f})",
+    )
 
 
 def score(version: Any) -> float | None:
@@ -125,7 +139,9 @@ def promote(name: str, version: str, min_delta: float, force: bool = False) -> D
 def set_champion(name: str, version: str) -> None:
     history = champion_history(name)
     client().set_registered_model_alias(name, CHAMPION, str(version))
-    client().set_registered_model_tag(name, HISTORY_TAG, ",".join([*history, str(version)][-HISTORY_KEEP:]))
+    client().set_registered_model_tag(
+        name, HISTORY_TAG, ",".join([*history, str(version)][-HISTORY_KEEP:])
+    )
 
 
 def champion_history(name: str) -> list[str]:
@@ -144,13 +160,17 @@ def rollback(name: str) -> tuple[str, str]:
     while history and history[-1] == str(current.version):
         history.pop()
     if not history:
-        raise CxrdetError(f"{name}: version {current.version} is the only champion there has been; nothing to roll back to")
+        raise CxrdetError(
+            f"{name}: version {current.version} is the only champion there has been; nothing to roll back to"
+        )
     previous = history[-1]
     _version(name, previous)
     client().set_registered_model_alias(name, CHAMPION, previous)
     client().set_registered_model_tag(name, HISTORY_TAG, ",".join(history))
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    client().set_model_version_tag(name, previous, GATE_TAG, f"{stamp} champion again: rollback from version {current.version}")
+    client().set_model_version_tag(
+        name, previous, GATE_TAG, f"{stamp} champion again: rollback from version {current.version}"
+    )
     return str(current.version), previous
 
 
@@ -164,16 +184,28 @@ def list_versions(name: str) -> list[dict[str, Any]]:
     rows = []
     for version in client().search_model_versions(f"name = '{name}'"):
         tags = version.tags
-        rows.append({
-            "version": int(version.version),
-            "aliases": sorted(aliases.get(str(version.version), [])),
-            "metric": tags.get(METRIC_TAG),
-            "score": score(version),
-            "metrics": {k[len(METRIC_PREFIX):]: float(v) for k, v in tags.items() if k.startswith(METRIC_PREFIX)},
-            "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(version.creation_timestamp / 1000)),
-            "tags": {k: v for k, v in tags.items() if k.startswith("cxrdet.") and k not in (METRIC_TAG, GATE_TAG)},
-            "gate": tags.get(GATE_TAG),
-        })
+        rows.append(
+            {
+                "version": int(version.version),
+                "aliases": sorted(aliases.get(str(version.version), [])),
+                "metric": tags.get(METRIC_TAG),
+                "score": score(version),
+                "metrics": {
+                    k[len(METRIC_PREFIX) :]: float(v)
+                    for k, v in tags.items()
+                    if k.startswith(METRIC_PREFIX)
+                },
+                "created": time.strftime(
+                    "%Y-%m-%d %H:%M", time.localtime(version.creation_timestamp / 1000)
+                ),
+                "tags": {
+                    k: v
+                    for k, v in tags.items()
+                    if k.startswith("cxrdet.") and k not in (METRIC_TAG, GATE_TAG)
+                },
+                "gate": tags.get(GATE_TAG),
+            }
+        )
     return sorted(rows, key=lambda row: -row["version"])
 
 
@@ -186,7 +218,9 @@ def resolve(uri: str) -> tuple[str, str | None]:
     name, alias = match["name"], match["alias"]
     aliases = _registered(name).aliases
     if alias not in aliases:
-        raise CxrdetError(f"{uri}: {name} has no alias {alias!r} (aliases: {dict(aliases) or 'none'})")
+        raise CxrdetError(
+            f"{uri}: {name} has no alias {alias!r} (aliases: {dict(aliases) or 'none'})"
+        )
     version = str(aliases[alias])
     return f"models:/{name}/{version}", f"{uri} -> version {version}"
 

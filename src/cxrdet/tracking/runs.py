@@ -28,7 +28,10 @@ def git_commit(root: Path) -> tuple[str, bool]:
         ).stdout.strip()
         status = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root, capture_output=True, text=True, check=True,
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
     except (OSError, subprocess.CalledProcessError):
         return "unknown", False
@@ -97,7 +100,9 @@ def close_orphaned_runs(experiment_id: str) -> list[str]:
     import mlflow
 
     running = mlflow.search_runs(
-        experiment_ids=[experiment_id], filter_string="attributes.status = 'RUNNING'", output_format="list"
+        experiment_ids=[experiment_id],
+        filter_string="attributes.status = 'RUNNING'",
+        output_format="list",
     )
     host = socket.gethostname()
     dead = {
@@ -110,7 +115,9 @@ def close_orphaned_runs(experiment_id: str) -> list[str]:
     client = mlflow.MlflowClient()
     closed = []
     for run in running:
-        stage_run_id = run.info.run_id if run.info.run_id in dead else run.data.tags.get("mlflow.parentRunId")
+        stage_run_id = (
+            run.info.run_id if run.info.run_id in dead else run.data.tags.get("mlflow.parentRunId")
+        )
         if stage_run_id in dead:
             reason = f"process {dead[stage_run_id]} ended without closing its run"
             client.set_tag(run.info.run_id, "cxrdet.end_reason", reason)

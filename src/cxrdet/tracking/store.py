@@ -90,7 +90,9 @@ def ensure_experiment(name: str, root: Path) -> str:
             if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
                 raise CxrdetError(f"MLflow tracking store {_shown(uri)}: {error.message}") from None
             return client.get_experiment_by_name(name).experiment_id
-        except SQLAlchemyError as error:  # a database URI that does not answer (after MLflow's retries)
+        except (
+            SQLAlchemyError
+        ) as error:  # a database URI that does not answer (after MLflow's retries)
             reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
             raise CxrdetError(f"MLflow tracking store {_shown(uri)}: {reason}") from None
 

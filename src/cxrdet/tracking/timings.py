@@ -12,7 +12,9 @@ STAGE_TAG = "tags.cxrdet.stage"
 PARENT_TAG = "tags.mlflow.parentRunId"  # set on nested runs (classifier variants, Optuna trials)
 
 
-def stage_timings(root: Path, experiment: str, since_ms: int, tracking_uri: str | None = None) -> pd.DataFrame:
+def stage_timings(
+    root: Path, experiment: str, since_ms: int, tracking_uri: str | None = None
+) -> pd.DataFrame:
     """One row per stage run started at or after `since_ms` (epoch milliseconds), in start
     order: run (its name, e.g. train_detector@0), stage, status, seconds."""
     import mlflow
@@ -31,7 +33,12 @@ def stage_timings(root: Path, experiment: str, since_ms: int, tracking_uri: str 
         top = top[top[PARENT_TAG].isna()]
     seconds = (top["end_time"] - top["start_time"]).dt.total_seconds()
     return pd.DataFrame(
-        {"run": top["tags.mlflow.runName"], "stage": top[STAGE_TAG], "status": top["status"], "seconds": seconds}
+        {
+            "run": top["tags.mlflow.runName"],
+            "stage": top[STAGE_TAG],
+            "status": top["status"],
+            "seconds": seconds,
+        }
     ).reset_index(drop=True)
 
 

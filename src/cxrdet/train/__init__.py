@@ -1,3 +1,3 @@
-"""The one training loop every model in the project uses, and its parts: device and
-precision, DistributedDataParallel, seeding, checkpoints with resume, optimizers and
-schedules, and the classifier recipes built on it."""
+"""The one training loop every model in the project uses (`fit` + `Task`), its checkpoints
+with resume, optimizers and schedules, and the fold recipes built on it (classifiers and
+detectors). Device, DDP and seeding are cxrdet.runtime's."""

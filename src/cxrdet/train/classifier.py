@@ -3,13 +3,13 @@
 `pretrain_backbone`: a backbone learns NIH-style multi-label targets (14 findings +
 abnormal, sigmoid outputs), validated on held-out patients. `train_fold_classifier`:
 a fold classifier (2-class opacity or the image labels) starts from that backbone.
-`predict_views` runs its TTA views and returns one row per (image, view).
+`predict_classifier_views` runs its TTA views and returns one row per (image, view).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,13 +21,13 @@ from sklearn.model_selection import GroupShuffleSplit
 from cxrdet.config import ClassifierParams, ClassifierVariant, PretrainParams
 from cxrdet.data.augment import classifier_augmentation
 from cxrdet.data.datasets import CachedImages, ClassificationDataset, Prepared
-from cxrdet.data.folds import HOLDOUT
+from cxrdet.data.folds import fold_ids, training_ids
 from cxrdet.errors import ConfigError, CxrdetError
-from cxrdet.infer.tta import predict_tta, tta_views
+from cxrdet.infer.tta import predict_tta, tta_views, view_table
 from cxrdet.models.classifier import Classifier, build_classifier
+from cxrdet.runtime.seed import seed_everything
+from cxrdet.runtime.session import Runtime
 from cxrdet.train.loop import FitResult, fit
-from cxrdet.train.runtime import Runtime
-from cxrdet.train.seed import seed_everything
 from cxrdet.train.tasks import MultiLabelTask, SingleLabelTask, balanced_class_weights
 
 OPACITY_CLASSES = ["no_opacity", "opacity"]
@@ -171,10 +171,8 @@ def train_fold_classifier(
             "the `pretrain` stage writes them (see pretrain.source)"
         )
     targets = classification_targets(prepared, variant.target, f"{variant_key}.target")
-    train_ids = split.loc[
-        (split["fold"] != fold) & (split["fold"] != HOLDOUT), "image_id"
-    ].to_numpy()
-    val_ids = split.loc[split["fold"] == fold, "image_id"].to_numpy()
+    train_ids = np.asarray(training_ids(split, fold), dtype=object)
+    val_ids = np.asarray(fold_ids(split, fold), dtype=object)
     train_labels = targets.labels.loc[train_ids].to_numpy()
     num_classes = len(targets.class_names)
     weights = balanced_class_weights(train_labels, num_classes) if params.class_weighted else None
@@ -237,7 +235,7 @@ def train_fold_classifier(
     return FoldClassifier(model, config, result)
 
 
-def predict_views(
+def predict_classifier_views(
     trained: FoldClassifier,
     prepared: Prepared,
     image_ids: np.ndarray,
@@ -260,24 +258,6 @@ def predict_views(
         context=runtime.context,
     )
     return view_table(probs, image_ids, config, [view.name for view in views])
-
-
-def view_table(
-    probs: np.ndarray, image_ids: Sequence[str], config: dict[str, Any], views: Sequence[str]
-) -> pd.DataFrame:
-    """The prediction table of TTA probabilities (images, views, classes) of the classifier
-    described by `config` (see train_fold_classifier): one row per (image, view)."""
-    count = len(image_ids)
-    return pd.DataFrame(
-        {
-            "image_id": np.repeat(np.asarray(image_ids, dtype=object), len(views)),
-            "fold": config["fold"],
-            "model": config["variant"],
-            "view": list(views) * count,
-            "opacity": probs[:, :, config["positive"]].sum(axis=2).reshape(-1),
-            "probs": list(probs.reshape(count * len(views), -1)),
-        }
-    )
 
 
 def pretrain_summary(result: FitResult) -> dict[str, Any]:

@@ -27,6 +27,10 @@ from cxrdet.config import OptimParams, TrainParams
 from cxrdet.data.augment import derive_seed
 from cxrdet.data.datasets import check_normalized
 from cxrdet.errors import CxrdetError
+from cxrdet.runtime.device import amp_dtype, autocast, to_device
+from cxrdet.runtime.distributed import DistContext, all_gather_objects, barrier, unwrap, wrap_ddp
+from cxrdet.runtime.inference import predict_dataset
+from cxrdet.runtime.seed import rng_state, set_rng_state
 from cxrdet.train.checkpoint import (
     LAST,
     load_best,
@@ -35,11 +39,7 @@ from cxrdet.train.checkpoint import (
     save_best,
     save_last,
 )
-from cxrdet.train.device import amp_dtype, autocast, to_device
-from cxrdet.train.distributed import DistContext, all_gather_objects, barrier, unwrap, wrap_ddp
-from cxrdet.train.inference import predict_dataset
 from cxrdet.train.optim import build_optimizer, build_scheduler, current_lr, step_scheduler
-from cxrdet.train.seed import rng_state, set_rng_state
 
 LogFn = Callable[[dict[str, float], int], None]
 

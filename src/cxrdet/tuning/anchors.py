@@ -34,19 +34,24 @@ from cxrdet.config import (
 )
 from cxrdet.data.datasets import Prepared
 from cxrdet.errors import ConfigError, CxrdetError
-from cxrdet.models.anchors import AnchorConfig, anchors_from_base, best_possible_recall
+from cxrdet.families import retinanet
+from cxrdet.models.anchors import (
+    AnchorConfig,
+    anchors_from_base,
+    best_possible_recall,
+    resolve_anchors,
+)
+from cxrdet.models.backbone import backbone_source
 from cxrdet.models.retinanet import create_detector_backbone, pyramid_levels
+from cxrdet.runtime.session import Runtime
 from cxrdet.tracking.runs import log_numeric
 from cxrdet.train.detector import (
     DetectorData,
-    backbone_source,
-    resolve_anchors,
-    seeded_detector,
+    seeded_family,
     train_detector,
     training_box_sizes,
     weights_identity,
 )
-from cxrdet.train.runtime import Runtime
 from cxrdet.tuning.study import (
     finished_trials,
     make_pruner,
@@ -61,7 +66,9 @@ COMPLETE, PRUNED, FAIL = TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL
 Trial = optuna.trial.FrozenTrial
 
 
-def suggest_anchors(trial: optuna.Trial, search: AnchorSearchParams, strides: Sequence[int]) -> tuple[AnchorConfig, float]:
+def suggest_anchors(
+    trial: optuna.Trial, search: AnchorSearchParams, strides: Sequence[int]
+) -> tuple[AnchorConfig, float]:
     """(anchors, base size): scales span^(k / n) for k < n; ratios span^t, t evenly in [-1, 1]."""
     base = trial.suggest_float("base_size", search.base_size.low, search.base_size.high, log=True)
     scale_count = trial.suggest_int("scale_count", search.scale_count.low, search.scale_count.high)
@@ -89,7 +96,9 @@ def configured_trial(anchors: AnchorParams, search: AnchorSearchParams) -> dict[
     }
     ranges = {name: getattr(search, name) for name in point}
     # Rounded params (1.587 for 2^(2/3)) may land a hair outside a range that holds them.
-    if not all(r.low * (1 - SLACK) <= point[name] <= r.high * (1 + SLACK) for name, r in ranges.items()):
+    if not all(
+        r.low * (1 - SLACK) <= point[name] <= r.high * (1 + SLACK) for name, r in ranges.items()
+    ):
         return None
     return {name: min(max(point[name], r.low), r.high) for name, r in ranges.items()}
 
@@ -153,7 +162,7 @@ def trial_budget(
 
 
 @dataclass(frozen=True)
-class TuneResult:
+class AnchorTuneResult:
     anchors: AnchorConfig
     summary: dict[str, Any]  # what the stage writes next to the anchors
 
@@ -169,10 +178,12 @@ def tune_anchors(
     journal: Path,
     pretrained_dir: Path,
     allow_download: bool,
-) -> TuneResult:
+) -> AnchorTuneResult:
     """Run the study (resuming it when it exists) and return its best anchors."""
     weights = backbone_source(detector, pretrained_dir, allow_download)
-    _, strides = pyramid_levels(create_detector_backbone(detector.backbone).feature_info, detector.p2)
+    _, strides = pyramid_levels(
+        create_detector_backbone(detector.backbone).feature_info, detector.p2
+    )
     ids = proxy_ids(train_ids, tune.subset, tune.study.seed)
     images = prepared.images
     patients = dict(zip(images["image_id"], images["patient_id"].astype(str), strict=True))
@@ -180,11 +191,18 @@ def tune_anchors(
     fold_images = len(train_ids) + len(val_ids)
     budget = trial_budget(tune, detector.optim.epochs, fold_images, len(ids) + len(val))
     box_wh = training_box_sizes(prepared, ids, detector.image_size)
-    proxy = detector.model_copy(update={"optim": detector.optim.model_copy(update={"epochs": tune.epochs})})
+    proxy = detector.model_copy(
+        update={"optim": detector.optim.model_copy(update={"epochs": tune.epochs})}
+    )
     identity = {
-        "data_hash": prepared.info["data_hash"], "fold": tune.fold, "ids": ids, "val_ids": val,
+        "data_hash": prepared.info["data_hash"],
+        "fold": tune.fold,
+        "ids": ids,
+        "val_ids": val,
         "epochs": tune.epochs,
-        "search": tune.search.model_dump(), "min_bpr": tune.min_bpr, "weights": weights_identity(weights),
+        "search": tune.search.model_dump(),
+        "min_bpr": tune.min_bpr,
+        "weights": weights_identity(weights),
         "detector": detector.model_dump(exclude={"decode", "tta", "folds", "name"}),
     }
     name = study_name("anchors", identity)
@@ -214,19 +232,36 @@ def tune_anchors(
         mlflow.set_tag("cxrdet.anchors", "configured" if is_configured else "tuned")
         # The configured anchors are never pruned: their score is the yardstick.
         if bpr < tune.min_bpr and not is_configured:
-            raise optuna.TrialPruned(f"best possible recall {bpr:.3f} < tune_anchors.min_bpr {tune.min_bpr}")
+            raise optuna.TrialPruned(
+                f"best possible recall {bpr:.3f} < tune_anchors.min_bpr {tune.min_bpr}"
+            )
 
         def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
             score = _finite(metrics[f"val_{detector.monitor}"])
             report_epoch(trial, score, epoch, prune=not is_configured)
 
-        model = seeded_detector(proxy, data, tuned_anchors={"anchors": anchors.to_dict()}, tuned_key=f"trial {trial.number}", weights=weights)
+        model = seeded_family(
+            proxy,
+            data,
+            retinanet.KEY,
+            tuned_anchors={"anchors": anchors.to_dict()},
+            tuned_key=f"trial {trial.number}",
+            weights=weights,
+        )
         with tempfile.TemporaryDirectory(prefix="cxrdet-anchor-trial-") as checkpoints:
             result = train_detector(
-                model, proxy, data, prepared, ids, val, runtime, Path(checkpoints),
+                model,
+                proxy,
+                data,
+                prepared,
+                ids,
+                val,
+                runtime,
+                Path(checkpoints),
                 identity={"trial": trial.number, "study": name},
                 log=lambda values, step: log_numeric(values, step=step),
-                on_epoch_end=on_epoch_end, desc=f"anchor trial {trial.number}",
+                on_epoch_end=on_epoch_end,
+                desc=f"anchor trial {trial.number}",
             )
         return _finite(result.best_score)
 
@@ -238,7 +273,10 @@ def tune_anchors(
         study.enqueue_trial(point or {}, user_attrs=attrs)
         run_trials(study, objective, finished_trials(study) + 1, tags=tags)
     trials = study.get_trials(deepcopy=False)
-    counts = {state.name.lower(): sum(t.state == state for t in trials) for state in (COMPLETE, PRUNED, FAIL)}
+    counts = {
+        state.name.lower(): sum(t.state == state for t in trials)
+        for state in (COMPLETE, PRUNED, FAIL)
+    }
     choice = choose(trials, tune.min_gain)
     if choice is None:
         raise CxrdetError(
@@ -250,15 +288,23 @@ def tune_anchors(
     anchors = AnchorConfig.from_dict(chosen.user_attrs["anchors"], key=key)
     metric = detector.monitor
     summary = {
-        "source": "tune_anchors", "study": name, "trial": chosen.number,
-        "configured": chosen is baseline, metric: chosen.value,
+        "source": "tune_anchors",
+        "study": name,
+        "trial": chosen.number,
+        "configured": chosen is baseline,
+        metric: chosen.value,
         f"configured_{metric}": baseline.value,  # params' detector.anchors, same proxy training
         f"best_{metric}": best.value if best else None,  # the best tuned trial, kept or not
-        "best_trial": best.number if best else None, "min_gain": tune.min_gain,
-        "bpr": chosen.user_attrs["bpr"], "params": chosen.params, "trials": counts,
-        "train_images": len(ids), "val_images": len(val), "budget": asdict(budget),
+        "best_trial": best.number if best else None,
+        "min_gain": tune.min_gain,
+        "bpr": chosen.user_attrs["bpr"],
+        "params": chosen.params,
+        "trials": counts,
+        "train_images": len(ids),
+        "val_images": len(val),
+        "budget": asdict(budget),
     }
-    return TuneResult(anchors, summary)
+    return AnchorTuneResult(anchors, summary)
 
 
 def choose(trials: Sequence[Trial], min_gain: float) -> tuple[Trial, Trial | None, Trial] | None:

@@ -38,12 +38,26 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from cxrdet.config import CountRange, EnsembleSearchParams, ShrinkRange, TuneEnsembleParams, UnitRange
-from cxrdet.ensemble import EnsembleRecipe, Fusion, Gating, MemberPredictions, apply_recipe, view_order
+from cxrdet.config import (
+    CountRange,
+    EnsembleSearchParams,
+    ShrinkRange,
+    TuneEnsembleParams,
+    UnitRange,
+)
+from cxrdet.ensemble import (
+    EnsembleRecipe,
+    Fusion,
+    Gating,
+    MemberPredictions,
+    apply_recipe,
+    view_order,
+)
 from cxrdet.ensemble.gating import NOT_NORMAL_COLUMN
 from cxrdet.errors import CxrdetError
+from cxrdet.formats import competition_score, metric_name, resolve_objective
 from cxrdet.io import atomic_path
-from cxrdet.metrics.competition import competition_score, metric_name, resolve_objective
+from cxrdet.paths import CLASSIFIER_FOLDS, DETECTOR_FOLDS
 from cxrdet.tuning.study import open_study, run_trials, study_name, trial_reason
 
 COMPLETE, PRUNED, FAIL = TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL
@@ -79,7 +93,11 @@ class TuningData:
 
 
 def read_fold_predictions(
-    root: Path, detector_folds: Sequence[int], classifier_folds: Sequence[int], part: str, sizes: pd.DataFrame
+    root: Path,
+    detector_folds: Sequence[int],
+    classifier_folds: Sequence[int],
+    part: str,
+    sizes: pd.DataFrame,
 ) -> MemberPredictions:
     """The stored predictions of every fold model on `part` ("oof" or "holdout")."""
 
@@ -93,9 +111,13 @@ def read_fold_predictions(
         return pd.concat(tables, ignore_index=True)
 
     return MemberPredictions(
-        boxes=every_fold("results/detector/folds", f"{part}_boxes.parquet", detector_folds, "train_detector"),
-        images=every_fold("results/detector/folds", f"{part}_images.parquet", detector_folds, "train_detector"),
-        classifier=every_fold("results/classifier/folds", f"{part}.parquet", classifier_folds, "train_classifier"),
+        boxes=every_fold(DETECTOR_FOLDS, f"{part}_boxes.parquet", detector_folds, "train_detector"),
+        images=every_fold(
+            DETECTOR_FOLDS, f"{part}_images.parquet", detector_folds, "train_detector"
+        ),
+        classifier=every_fold(
+            CLASSIFIER_FOLDS, f"{part}.parquet", classifier_folds, "train_classifier"
+        ),
         sizes=sizes[["image_id", "width", "height"]],
     )
 
@@ -139,7 +161,9 @@ class SearchSpace:
     views: list[str]  # the detector's TTA views, the original first
     classifier_views: int  # how many classifier TTA views there are
     rules: list[str]  # the gating rules the data can feed
-    fixed: Mapping[str, Any] = field(default_factory=dict)  # search entries not searched -> their value
+    fixed: Mapping[str, Any] = field(
+        default_factory=dict
+    )  # search entries not searched -> their value
 
     def _value(self, trial: optuna.Trial, name: str, entry: str) -> Any:
         if entry in self.fixed:
@@ -150,20 +174,30 @@ class SearchSpace:
         search, changes = self.search, {}
         if search.detector_views and len(self.views) > 1:
             # The original view always stays: a trial without views would have nothing to fuse.
-            chosen = [v for v in self.views[1:] if trial.suggest_categorical(f"view.{v}", [True, False])]
+            chosen = [
+                v for v in self.views[1:] if trial.suggest_categorical(f"view.{v}", [True, False])
+            ]
             changes["detector_views"] = (self.views[0], *chosen)
         if search.classifier_views and self.classifier_views > 1:
-            changes["classifier_views"] = trial.suggest_int("classifier_views", 1, self.classifier_views)
+            changes["classifier_views"] = trial.suggest_int(
+                "classifier_views", 1, self.classifier_views
+            )
         method = trial.suggest_categorical("view_fusion", list(search.view_fusion))
-        changes["view_fusion"] = Fusion(method, {
-            name: self._value(trial, f"view_fusion.{method}.{name}", entry)
-            for name, entry in FUSION_SEARCH[method].items()
-        })
+        changes["view_fusion"] = Fusion(
+            method,
+            {
+                name: self._value(trial, f"view_fusion.{method}.{name}", entry)
+                for name, entry in FUSION_SEARCH[method].items()
+            },
+        )
         rule = trial.suggest_categorical("gating", self.rules)
-        changes["gating"] = Gating(rule, {
-            name: self._value(trial, f"gating.{rule}.{name}", entry)
-            for name, entry in GATING_SEARCH[rule].items()
-        })
+        changes["gating"] = Gating(
+            rule,
+            {
+                name: self._value(trial, f"gating.{rule}.{name}", entry)
+                for name, entry in GATING_SEARCH[rule].items()
+            },
+        )
         for name in ("shrink", "score_threshold", "max_boxes"):
             changes[name] = self._value(trial, name, name)
         return base.with_changes(**changes)
@@ -176,7 +210,9 @@ class SearchSpace:
             chosen = recipe.detector_views or self.views
             point |= {f"view.{v}": v in chosen for v in self.views[1:]}
         if search.classifier_views and self.classifier_views > 1:
-            point["classifier_views"] = min(recipe.classifier_views or self.classifier_views, self.classifier_views)
+            point["classifier_views"] = min(
+                recipe.classifier_views or self.classifier_views, self.classifier_views
+            )
         fusion, gating = recipe.view_fusion, recipe.gating
         for key, chosen, offered, table, params in (
             ("view_fusion", fusion.method, search.view_fusion, FUSION_SEARCH, fusion.params),
@@ -187,8 +223,13 @@ class SearchSpace:
                 for name, entry in table[chosen].items():
                     if entry in self.fixed:
                         continue
-                    if name in params and _clipped(params[name], getattr(search, entry)) is not None:
-                        point[f"{key}.{chosen}.{name}"] = _clipped(params[name], getattr(search, entry))
+                    if (
+                        name in params
+                        and _clipped(params[name], getattr(search, entry)) is not None
+                    ):
+                        point[f"{key}.{chosen}.{name}"] = _clipped(
+                            params[name], getattr(search, entry)
+                        )
         for name in ("shrink", "score_threshold", "max_boxes"):
             if name not in self.fixed:
                 point[name] = _clipped(getattr(recipe, name), getattr(search, name))
@@ -201,13 +242,18 @@ def unsearched(fmt: str, objective: str, search: EnsembleSearchParams) -> dict[s
     kept one, which cannot lower AP; see the module's docstring), else none."""
     if resolve_objective(fmt, objective) != "map" or fmt == "vinbigdata":
         return {}
-    return {"score_threshold": search.score_threshold.low, "gate_threshold": search.gate_threshold.low}
+    return {
+        "score_threshold": search.score_threshold.low,
+        "gate_threshold": search.gate_threshold.low,
+    }
 
 
 def usable_rules(data: TuningData, offered: Sequence[str]) -> list[str]:
     """The offered gating rules the classifiers can feed: sqrt needs P(not normal), which only a
     classifier of the RSNA image labels gives."""
-    has_not_normal = any(f"p_{name}" == NOT_NORMAL_COLUMN for names in data.class_names.values() for name in names)
+    has_not_normal = any(
+        f"p_{name}" == NOT_NORMAL_COLUMN for names in data.class_names.values() for name in names
+    )
     rules = [rule for rule in offered if rule != "sqrt" or has_not_normal]
     if data.predictions.classifier.empty:
         rules = [rule for rule in rules if rule == "none"]
@@ -222,8 +268,12 @@ def usable_rules(data: TuningData, offered: Sequence[str]) -> list[str]:
 def fingerprint(data: TuningData) -> str:
     """A digest of the predictions and truth: a study only resumes on the same inputs."""
     digest = hashlib.sha256(data.fmt.encode())
-    tables = (data.predictions.boxes, data.predictions.images.iloc[:, :4],
-              data.predictions.classifier[["image_id", "fold", "model", "view", "opacity"]], data.truth)
+    tables = (
+        data.predictions.boxes,
+        data.predictions.images.iloc[:, :4],
+        data.predictions.classifier[["image_id", "fold", "model", "view", "opacity"]],
+        data.truth,
+    )
     for table in tables:
         digest.update(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes())
     return digest.hexdigest()[:16]
@@ -233,13 +283,15 @@ def fingerprint(data: TuningData) -> str:
 
 
 @dataclass(frozen=True)
-class TuneResult:
+class EnsembleTuneResult:
     recipe: EnsembleRecipe
     summary: dict[str, Any]  # what the stage writes next to the recipe
     study: optuna.Study
 
 
-def tune_ensemble(data: TuningData, base: EnsembleRecipe, tune: TuneEnsembleParams, journal: Path) -> TuneResult:
+def tune_ensemble(
+    data: TuningData, base: EnsembleRecipe, tune: TuneEnsembleParams, journal: Path
+) -> EnsembleTuneResult:
     """Run the study (resuming it when it exists) and return the best recipe, scored by
     `tune.objective` (its resolved name is the summary's "objective")."""
     objective = resolve_objective(data.fmt, tune.objective)
@@ -249,13 +301,20 @@ def tune_ensemble(data: TuningData, base: EnsembleRecipe, tune: TuneEnsemblePara
     except CxrdetError as error:  # e.g. params' thresholds drop every box: any trial beats it
         untuned, untuned_error = None, str(error)
     space = SearchSpace(
-        tune.search, view_order(data.predictions.images),
+        tune.search,
+        view_order(data.predictions.images),
         len(view_order(data.predictions.classifier)) if len(data.predictions.classifier) else 0,
-        usable_rules(data, tune.search.gating), unsearched(data.fmt, objective, tune.search),
+        usable_rules(data, tune.search.gating),
+        unsearched(data.fmt, objective, tune.search),
     )
     # The fold fusion is no knob of the study (one fold model per image): changing it keeps the study.
-    identity = {"inputs": fingerprint(data), "search": tune.search.model_dump(), "rules": space.rules,
-                "objective": objective, "base": {k: v for k, v in base.to_dict().items() if k != "fold_fusion"}}
+    identity = {
+        "inputs": fingerprint(data),
+        "search": tune.search.model_dump(),
+        "rules": space.rules,
+        "objective": objective,
+        "base": {k: v for k, v in base.to_dict().items() if k != "fold_fusion"},
+    }
     name = study_name("ensemble", identity)
     study = open_study(name, tune.study, journal, optuna.pruners.NopPruner())
     if mlflow.active_run() is not None:
@@ -276,20 +335,32 @@ def tune_ensemble(data: TuningData, base: EnsembleRecipe, tune: TuneEnsemblePara
     # Optuna logs each failed trial with its traceback; the reasons are kept in the study, the
     # MLflow runs and the summary instead.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    run_trials(study, trial_value, tune.trials, tags={"cxrdet.stage": "tune_ensemble", "optuna.study": name},
-               catch=(CxrdetError,))
+    run_trials(
+        study,
+        trial_value,
+        tune.trials,
+        tags={"cxrdet.stage": "tune_ensemble", "optuna.study": name},
+        catch=(CxrdetError,),
+    )
     trials = study.get_trials(deepcopy=False)
-    counts = {state.name.lower(): sum(t.state == state for t in trials) for state in (COMPLETE, PRUNED, FAIL)}
+    counts = {
+        state.name.lower(): sum(t.state == state for t in trials)
+        for state in (COMPLETE, PRUNED, FAIL)
+    }
     completed = [t for t in trials if t.state == COMPLETE]
     if not completed and untuned is None:
         reasons = sorted({trial_reason(t) for t in trials if t.state == FAIL})
-        raise CxrdetError(f"study {name}: no trial completed and the untuned recipe fails ({untuned_error}); "
-                          f"trial failures: {reasons[:3]}")
+        raise CxrdetError(
+            f"study {name}: no trial completed and the untuned recipe fails ({untuned_error}); "
+            f"trial failures: {reasons[:3]}"
+        )
     best = max(completed, key=lambda t: (t.value, -t.number)) if completed else None
     tuned = best is not None and (untuned is None or best.value >= untuned)
     recipe = base
     if tuned:
-        found = EnsembleRecipe.from_dict(best.user_attrs["recipe"], key=f"study {name}, trial {best.number}")
+        found = EnsembleRecipe.from_dict(
+            best.user_attrs["recipe"], key=f"study {name}, trial {best.number}"
+        )
         recipe = found.with_changes(fold_fusion=base.fold_fusion)
     summary = {
         "source": "tune_ensemble" if tuned else "params",
@@ -302,11 +373,13 @@ def tune_ensemble(data: TuningData, base: EnsembleRecipe, tune: TuneEnsemblePara
         "params": best.params if tuned else {},
         "trials": counts,
         "unsearched": dict(space.fixed),
-        "failed": [{"trial": t.number, "reason": trial_reason(t)} for t in trials if t.state == FAIL][:20],
+        "failed": [
+            {"trial": t.number, "reason": trial_reason(t)} for t in trials if t.state == FAIL
+        ][:20],
         "n_images": len(data.image_ids),
         "fold_fusion": "not tuned: out of fold each image has one fold model (ensemble.fold_fusion is used)",
     }
-    return TuneResult(recipe, summary, study)
+    return EnsembleTuneResult(recipe, summary, study)
 
 
 # ---------------------------------------------------------------- plots
@@ -327,8 +400,14 @@ def write_study_plots(study: optuna.Study, html_path: Path, png_paths: Mapping[s
     # gating.*) exist in some trials only, and the view switches are many booleans.
     completed = [t.params for t in study.get_trials(deepcopy=False, states=(COMPLETE,))]
     shared = sorted(set.intersection(*map(set, completed)) if completed else set())
-    makers = {"history": ("plot_optimization_history", {}), "importances": ("plot_param_importances", {}),
-              "parallel": ("plot_parallel_coordinate", {"params": [p for p in shared if "." not in p] or None})}
+    makers = {
+        "history": ("plot_optimization_history", {}),
+        "importances": ("plot_param_importances", {}),
+        "parallel": (
+            "plot_parallel_coordinate",
+            {"params": [p for p in shared if "." not in p] or None},
+        ),
+    }
     sections: list[str] = []
     embedded = False  # plotly.js goes into the page once, with the first figure drawn
     for kind, (maker, options) in makers.items():
@@ -352,5 +431,7 @@ def write_study_plots(study: optuna.Study, html_path: Path, png_paths: Mapping[s
                 figure.savefig(partial, dpi=90, format="png")
             plt.close(figure)
     with atomic_path(html_path) as partial:
-        partial.write_text(f"<html><head><meta charset='utf-8'><title>{study.study_name}</title></head><body>"
-                           f"<h2>{study.study_name}</h2>{''.join(sections)}</body></html>\n")
+        partial.write_text(
+            f"<html><head><meta charset='utf-8'><title>{study.study_name}</title></head><body>"
+            f"<h2>{study.study_name}</h2>{''.join(sections)}</body></html>\n"
+        )

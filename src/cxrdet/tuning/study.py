@@ -48,7 +48,9 @@ def storage_url(spec: str) -> str:
     try:
         url = make_url(spec)
     except ArgumentError:
-        raise CxrdetError(f"study.storage {spec!r}: not a database URL (e.g. postgresql://user@host/optuna)") from None
+        raise CxrdetError(
+            f"study.storage {spec!r}: not a database URL (e.g. postgresql://user@host/optuna)"
+        ) from None
     if url.drivername == "postgresql":
         url = url.set(drivername="postgresql+psycopg")
     return url.render_as_string(hide_password=False)
@@ -80,7 +82,9 @@ def open_storage(spec: str | None, journal: Path) -> optuna.storages.BaseStorage
 
 def make_pruner(params: PrunerParams, max_epochs: int) -> optuna.pruners.BasePruner:
     if params.name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=params.startup_trials, n_warmup_steps=params.warmup_epochs)
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=params.startup_trials, n_warmup_steps=params.warmup_epochs
+        )
     if params.name == "hyperband":
         return optuna.pruners.HyperbandPruner(
             min_resource=1, max_resource=max_epochs, reduction_factor=params.reduction_factor
@@ -88,13 +92,19 @@ def make_pruner(params: PrunerParams, max_epochs: int) -> optuna.pruners.BasePru
     return optuna.pruners.NopPruner()
 
 
-def open_study(name: str, params: StudyParams, journal: Path, pruner: optuna.pruners.BasePruner) -> optuna.Study:
+def open_study(
+    name: str, params: StudyParams, journal: Path, pruner: optuna.pruners.BasePruner
+) -> optuna.Study:
     """Create or resume the study `name` (maximised), sampled by a seeded TPE."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.TPESampler(seed=params.seed, n_startup_trials=params.startup_trials)
     return optuna.create_study(
-        study_name=name, storage=open_storage(params.storage, journal), sampler=sampler, pruner=pruner,
-        direction="maximize", load_if_exists=True,
+        study_name=name,
+        storage=open_storage(params.storage, journal),
+        sampler=sampler,
+        pruner=pruner,
+        direction="maximize",
+        load_if_exists=True,
     )
 
 
@@ -131,7 +141,11 @@ def tracked(objective: Objective, tags: Mapping[str, str]) -> Objective:
         if mlflow.active_run() is None:
             return _recording_failure(objective, trial)
         pruned: optuna.TrialPruned | None = None
-        with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True, tags={**tags, "optuna.trial": str(trial.number)}) as active:
+        with mlflow.start_run(
+            run_name=f"trial-{trial.number}",
+            nested=True,
+            tags={**tags, "optuna.trial": str(trial.number)},
+        ) as active:
             trial.set_user_attr("mlflow_run_id", active.info.run_id)
             try:
                 value = _recording_failure(objective, trial)

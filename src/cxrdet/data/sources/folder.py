@@ -78,7 +78,9 @@ def parse_annotations_csv(path: Path) -> tuple[pd.DataFrame, list[str], list[str
     image_table = path.parent / IMAGE_TABLE_FILE
     if image_table.exists():
         image_rows = RowFilter(image_table, "raise", [])
-        listed += list(image_rows.require(read_table(image_table, ["image_id"]), ["image_id"])["image_id"])
+        listed += list(
+            image_rows.require(read_table(image_table, ["image_id"]), ["image_id"])["image_id"]
+        )
     image_ids = list(dict.fromkeys(i for i in listed if i))
     boxes = _read_boxes(RowFilter(path, "raise", []), dict.fromkeys(image_ids, ""))
     class_names = sorted(boxes["label"].unique())

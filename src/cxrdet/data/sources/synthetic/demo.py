@@ -33,7 +33,10 @@ def synthesize(out_dir: Path, spec: DemoSpec, *, progress: bool = True) -> dict[
             shutil.rmtree(out_dir / name)  # stale files from a larger spec would be read as data
     # The formats draw from their own seeded streams, so they render in parallel, same bytes.
     with ProcessPoolExecutor(max_workers=min(len(_WRITERS), os.cpu_count() or 1)) as pool:
-        futures = {name: pool.submit(writer, out_dir / name, spec, progress) for name, writer in _WRITERS.items()}
+        futures = {
+            name: pool.submit(writer, out_dir / name, spec, progress)
+            for name, writer in _WRITERS.items()
+        }
         written = {name: future.result() for name, future in futures.items()}
     write_samples(out_dir / "samples.png", [sample for _, sample in written.values()])
     return {name: tables for name, (tables, _) in written.items()}

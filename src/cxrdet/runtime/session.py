@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import torch
 
 from cxrdet.config import TrainParams
-from cxrdet.train.device import select_device, set_cpu_threads
-from cxrdet.train.distributed import DistContext, close_distributed, init_distributed
-from cxrdet.train.seed import configure_determinism
+from cxrdet.runtime.device import select_device, set_cpu_threads
+from cxrdet.runtime.distributed import DistContext, close_distributed, init_distributed
+from cxrdet.runtime.seed import configure_determinism
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from tqdm.auto import tqdm
 
 from cxrdet.config import TrainParams
 from cxrdet.data.datasets import check_normalized
-from cxrdet.train.device import amp_dtype, autocast, to_device
-from cxrdet.train.distributed import DistContext, all_gather_objects, shard
+from cxrdet.runtime.device import amp_dtype, autocast, to_device
+from cxrdet.runtime.distributed import DistContext, all_gather_objects, shard
 
 PredictFn = Callable[[nn.Module, dict[str, Any]], Any]
 

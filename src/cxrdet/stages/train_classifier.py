@@ -1,0 +1,151 @@
+"""DVC stage `train_classifier@<fold>`: every classifier variant trained on the other
+folds, with TTA predictions on this fold (out-of-fold) and on the holdout.
+
+Runs as one process or under `torchrun --nproc-per-node=N` (DDP); only rank 0 writes
+files and logs to MLflow. Writes models/classifier/fold<k>/<variant>.pt and
+results/classifier/folds/fold<k>/{oof,holdout}.parquet, metrics.json, roc.png.
+"""
+
+from __future__ import annotations
+
+import shutil
+from contextlib import nullcontext
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from cxrdet.config import load_params
+from cxrdet.data.datasets import Prepared, read_prepared
+from cxrdet.data.folds import HOLDOUT, fold_ids
+from cxrdet.errors import ConfigError
+from cxrdet.io import write_json, write_parquet
+from cxrdet.models.classifier import save_classifier
+from cxrdet.paths import (
+    CHECKPOINTS,
+    CLASSIFIER_FOLDS,
+    CLASSIFIER_MODELS,
+    FOLDS,
+    PREPARED_DETECT,
+    PRETRAINED,
+)
+from cxrdet.runtime.session import start_runtime, stop_runtime
+from cxrdet.tracking.runs import log_numeric, stage_run
+from cxrdet.train.classifier import predict_classifier_views, train_fold_classifier
+from cxrdet.train.predictions import opacity_truth, plot_roc, roc_curves, summarize
+
+
+def run(root: Path, fold: int) -> None:
+    """The stage's flow in the project at `root` (the script parses arguments and calls this)."""
+    params = load_params(root / "params.yaml")
+    if fold not in params.classifier.folds:
+        raise ConfigError(
+            f"classifier.folds: fold {fold} is not listed ({params.classifier.folds})"
+        )
+    prepared = read_prepared(root / PREPARED_DETECT)
+    split = pd.read_parquet(root / FOLDS)
+    data_hash = prepared.info["data_hash"]
+    stage = f"train_classifier@{fold}"
+    checkpoints = root / CHECKPOINTS / stage
+    results = root / CLASSIFIER_FOLDS / f"fold{fold}"
+    runtime = start_runtime(params.train)
+    main_process = runtime.context.is_main
+    tags = {"cxrdet.dataset": "detect", "cxrdet.data_hash": data_hash, "cxrdet.fold": str(fold)}
+    run = (
+        stage_run(
+            "train_classifier",
+            root=root,
+            experiment=params.tracking.experiment,
+            run_name=stage,
+            tags=tags,
+            params={
+                "classifier": params.classifier.model_dump(),
+                "train": params.train.model_dump(),
+                "world_size": runtime.context.world_size,
+            },
+            tracking_uri=params.tracking.tracking_uri,
+        )
+        if main_process
+        else nullcontext()
+    )
+    parts: dict[str, list[pd.DataFrame]] = {"oof": [], "holdout": []}
+    ids = {
+        "oof": np.asarray(fold_ids(split, fold), dtype=object),
+        "holdout": np.asarray(fold_ids(split, HOLDOUT), dtype=object),
+    }
+    log = (lambda values, step: log_numeric(values, step=step)) if main_process else None
+    try:
+        with run:
+            for number, variant in enumerate(params.classifier.variants):
+                child = (
+                    mlflow.start_run(
+                        run_name=f"{stage}/{variant.name}",
+                        nested=True,
+                        tags={
+                            **tags,
+                            "cxrdet.stage": "train_classifier",
+                            "cxrdet.model": variant.name,
+                        },
+                    )
+                    if main_process
+                    else nullcontext()
+                )
+                with child:
+                    if main_process:
+                        mlflow.log_params(
+                            {f"variant.{k}": str(v) for k, v in variant.model_dump().items()}
+                        )
+                    trained = train_fold_classifier(
+                        variant,
+                        f"classifier.variants.{number}",
+                        fold,
+                        prepared,
+                        split,
+                        params.classifier,
+                        root / PRETRAINED / f"{variant.backbone}.pt",
+                        runtime,
+                        checkpoints / variant.name,
+                        log,
+                    )
+                    for part, image_ids in ids.items():
+                        parts[part].append(
+                            predict_classifier_views(
+                                trained, prepared, image_ids, params.classifier, runtime
+                            )
+                        )
+                    if main_process:
+                        save_classifier(
+                            root / CLASSIFIER_MODELS / f"fold{fold}" / f"{variant.name}.pt",
+                            trained.model,
+                            trained.config,
+                        )
+                        log_numeric({"best_epoch": trained.result.best_epoch})
+            if main_process:
+                write_outputs(parts, prepared, fold, results)
+                shutil.rmtree(checkpoints, ignore_errors=True)  # only a killed run resumes
+    finally:
+        stop_runtime()
+
+
+def write_outputs(
+    parts: dict[str, list[pd.DataFrame]], prepared: Prepared, fold: int, results: Path
+) -> None:
+    tables = {part: pd.concat(frames, ignore_index=True) for part, frames in parts.items()}
+    for part, table in tables.items():
+        write_parquet(table, results / f"{part}.parquet")
+    truth = opacity_truth(prepared.images, prepared.boxes)
+    metrics = {"fold": fold, **summarize(tables, truth)}
+    write_json(metrics, results / "metrics.json")
+    plot_roc(
+        roc_curves(tables, truth),
+        results / "roc.png",
+        f"Opacity classifiers, fold {fold}: TTA views averaged",
+    )
+    log_numeric(metrics)
+    for name in ("metrics.json", "roc.png"):
+        mlflow.log_artifact(str(results / name))
+    print(
+        f"fold {fold}: out-of-fold AUC {metrics['oof_auc']} (models and views averaged) "
+        f"-> {results}"
+    )

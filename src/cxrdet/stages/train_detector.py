@@ -1,0 +1,176 @@
+"""DVC stage `train_detector@<fold>`: every family of `detector.families` (the RetinaNet with
+the tuned anchors; the deformable two-stage detector) trained on the other folds, one after
+the other through the same loop, validated by the RSNA score every epoch (best checkpoint
+kept, resumed when killed), then their TTA predictions on this fold (out-of-fold) and on
+the holdout.
+
+Runs as one process or under `torchrun --nproc-per-node=N` (DDP); only rank 0 writes
+files and logs to MLflow (a nested run per family). Writes models/detector/fold<k>/model.pt
+(RetinaNet) and two_stage.pt, results/detector/folds/fold<k>/{oof,holdout}_{boxes,images}.parquet
+(the contract is in cxrdet.infer.detector_tta; every family's rows, told apart by `model`)
+and metrics.json (the first family's scores at the top, every family's under "models").
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from contextlib import nullcontext
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+
+from cxrdet.config import load_params
+from cxrdet.data.datasets import read_prepared, truth_boxes
+from cxrdet.data.folds import HOLDOUT, fold_ids, training_ids
+from cxrdet.errors import ConfigError, CxrdetError
+from cxrdet.infer.detector_tta import ORIGINAL
+from cxrdet.io import write_json, write_parquet
+from cxrdet.metrics.detection import view_rsna
+from cxrdet.models.backbone import backbone_source
+from cxrdet.paths import (
+    ANCHORS,
+    CHECKPOINTS,
+    DETECTOR_FOLDS,
+    DETECTOR_MODELS,
+    FOLDS,
+    PREPARED_DETECT,
+    PRETRAINED,
+)
+from cxrdet.runtime.session import start_runtime, stop_runtime
+from cxrdet.tracking.runs import log_numeric, stage_run
+from cxrdet.train.detector import detector_data, train_families
+
+
+def run(root: Path, fold: int) -> None:
+    """The stage's flow in the project at `root` (the script parses arguments and calls this)."""
+    params = load_params(root / "params.yaml")
+    detector = params.detector
+    if fold not in detector.folds:
+        raise ConfigError(f"detector.folds: fold {fold} is not listed ({detector.folds})")
+    anchors_path = root / ANCHORS
+    if not anchors_path.is_file():
+        raise CxrdetError(f"{anchors_path}: not found; run `dvc repro tune_anchors` first")
+    tuned = json.loads(anchors_path.read_text())
+    prepared = read_prepared(root / PREPARED_DETECT)
+    split = pd.read_parquet(root / FOLDS)
+    ids = {
+        "train": training_ids(split, fold),
+        "oof": fold_ids(split, fold),
+        "holdout": fold_ids(split, HOLDOUT),
+    }
+    stage = f"train_detector@{fold}"
+    checkpoints = root / CHECKPOINTS / stage
+    results = root / DETECTOR_FOLDS / f"fold{fold}"
+    runtime = start_runtime(params.train)
+    main_process = runtime.context.is_main
+    tags = {
+        "cxrdet.dataset": "detect",
+        "cxrdet.data_hash": prepared.info["data_hash"],
+        "cxrdet.fold": str(fold),
+        "cxrdet.model": detector.name,
+    }
+    run = (
+        stage_run(
+            "train_detector",
+            root=root,
+            experiment=params.tracking.experiment,
+            run_name=stage,
+            tags=tags,
+            params={
+                "detector": detector.model_dump(),
+                "train": params.train.model_dump(),
+                "anchors": tuned,
+                "world_size": runtime.context.world_size,
+            },
+            tracking_uri=params.tracking.tracking_uri,
+        )
+        if main_process
+        else nullcontext()
+    )
+    try:
+        with run:
+            data = detector_data(prepared, detector)
+            weights = backbone_source(detector, root / PRETRAINED, params.pretrain.allow_download)
+            parts: dict[str, list[tuple[pd.DataFrame, pd.DataFrame]]] = {"oof": [], "holdout": []}
+            scores: dict[str, dict[str, float]] = {}
+            trained = train_families(
+                detector,
+                data,
+                prepared,
+                ids,
+                runtime,
+                fold=fold,
+                validate="oof",
+                predict=list(parts),
+                model_dir=root / DETECTOR_MODELS / f"fold{fold}",
+                checkpoint_dir=checkpoints,
+                weights=weights,
+                tuned_anchors=tuned,
+                tuned_key=ANCHORS,
+                family_run=lambda settings: (
+                    mlflow.start_run(
+                        run_name=f"{stage}/{settings.name}",
+                        nested=True,
+                        tags={
+                            **tags,
+                            "cxrdet.stage": "train_detector",
+                            "cxrdet.model": settings.name,
+                        },
+                    )
+                    if main_process
+                    else nullcontext()
+                ),
+                log=(lambda values, step: log_numeric(values, step=step)) if main_process else None,
+                desc=f"fold {fold}",
+            )
+            for done in trained:  # the main process only, each inside its family's nested run
+                name, tables, result = done.settings.name, done.tables, done.result
+                for part, table in tables.items():
+                    parts[part].append(table)
+                oof_score, threshold = view_rsna(
+                    truth_boxes(prepared, ids["oof"]), tables["oof"][0], ORIGINAL
+                )
+                holdout_score, _ = view_rsna(
+                    truth_boxes(prepared, ids["holdout"]),
+                    tables["holdout"][0],
+                    ORIGINAL,
+                    threshold=threshold,
+                )
+                scores[name] = {
+                    "best_epoch": result.best_epoch,
+                    f"best_val_{detector.monitor}": result.best_score,
+                    "oof_rsna_score": oof_score,
+                    "oof_rsna_threshold": threshold,
+                    "holdout_rsna_score": holdout_score,
+                }
+                log_numeric(scores[name])
+                print(
+                    f"fold {fold}: out-of-fold RSNA {oof_score:.4f} ({name}, original view, "
+                    f"score >= {threshold}), holdout {holdout_score:.4f}"
+                )
+            if main_process:
+                for part, tables in parts.items():
+                    write_parquet(
+                        pd.concat([boxes for boxes, _ in tables], ignore_index=True),
+                        results / f"{part}_boxes.parquet",
+                    )
+                    write_parquet(
+                        pd.concat([images for _, images in tables], ignore_index=True),
+                        results / f"{part}_images.parquet",
+                    )
+                metrics = {
+                    "fold": fold,
+                    **next(iter(scores.values())),
+                    "models": scores,
+                    "n_oof": len(ids["oof"]),
+                    "n_holdout": len(ids["holdout"]),
+                }
+                write_json(metrics, results / "metrics.json")
+                log_numeric(metrics)
+                mlflow.log_artifact(str(results / "metrics.json"))
+                shutil.rmtree(checkpoints, ignore_errors=True)  # only a killed run resumes
+                print(f"fold {fold}: {', '.join(scores)} -> {results}")
+    finally:
+        stop_runtime()
