@@ -69,22 +69,15 @@ from cxrdet.config import DetectorParams, load_params
 from cxrdet.data.box_augment import BoxAugmentSettings, detector_augmentation
 from cxrdet.data.datasets import CachedImages, Prepared
 from cxrdet.data.detection import DetectionDataset, collate_detection
-from cxrdet.models.retinanet import DecodeConfig, RetinaNetLoss
-from cxrdet.train.detector import (
-    DetectionTask,
-    build_two_stage,
-    decode_config,
-    detector_data,
-    loss_config,
-    predict_detector,
-    seeded_detector,
-    train_detector,
-)
-from cxrdet.train.device import amp_dtype, autocast
-from cxrdet.train.distributed import DistContext
-from cxrdet.train.inference import predict_dataset
-from cxrdet.train.runtime import Runtime
-from cxrdet.train.seed import configure_determinism, seed_everything
+from cxrdet.families.task import DetectionTask
+from cxrdet.models.retinanet import DecodeConfig, RetinaNetLoss, decode_config, loss_config
+from cxrdet.models.two_stage import build_two_stage
+from cxrdet.runtime.device import amp_dtype, autocast
+from cxrdet.runtime.distributed import DistContext
+from cxrdet.runtime.inference import predict_dataset
+from cxrdet.runtime.seed import configure_determinism, seed_everything
+from cxrdet.runtime.session import Runtime
+from cxrdet.train.detector import detector_data, predict_detector, seeded_family, train_detector
 
 from common import Report, Row, arguments, emit, machine
 
@@ -278,7 +271,7 @@ def knob_rate(
             update={"backbone": knobs.backbone, "p2": knobs.p2, "head_norm": knobs.head_norm}
         )
         data = detector_data(prepared, detector)
-        model = seeded_detector(detector, data).to(device)
+        model = seeded_family(detector, data, "retinanet").to(device)
         if knobs.channels_last:
             model.to(memory_format=torch.channels_last)
         model.train()
@@ -375,7 +368,7 @@ def fold_run(
         configure_determinism(train_runtime.deterministic)
         runtime = Runtime(train_runtime, device, DistContext())
         data = detector_data(prepared, params)
-        model = seeded_detector(params, data)
+        model = seeded_family(params, data, "retinanet")
         reset_memory(device)
         started = time.perf_counter()
         fitted = train_detector(
