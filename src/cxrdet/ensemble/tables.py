@@ -52,35 +52,6 @@ def checked_boxes(boxes: pd.DataFrame, what: str = "boxes") -> pd.DataFrame:
     return boxes
 
 
-def to_xyxy(boxes: pd.DataFrame) -> np.ndarray:
-    """(n, 4) x_min, y_min, x_max, y_max of a box table's x, y, w, h."""
-    xywh = boxes[["x", "y", "w", "h"]].to_numpy(dtype=np.float64)
-    return np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
-
-
-def xyxy_columns(xyxy: np.ndarray) -> dict[str, np.ndarray]:
-    """{"x", "y", "w", "h"} columns of (n, 4) x_min, y_min, x_max, y_max boxes."""
-    xyxy = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
-    return {
-        "x": xyxy[:, 0],
-        "y": xyxy[:, 1],
-        "w": xyxy[:, 2] - xyxy[:, 0],
-        "h": xyxy[:, 3] - xyxy[:, 1],
-    }
-
-
-def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every (n, 4) xyxy box of `a` with every (m, 4) box of `b`; 0 for an empty union."""
-    low = np.maximum(a[:, None, :2], b[None, :, :2])
-    high = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    side = np.clip(high - low, 0, None)
-    inter = side[..., 0] * side[..., 1]
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-
-
 def image_sizes(
     sizes: pd.DataFrame | Mapping[str, tuple[float, float]], image_ids: pd.Series
 ) -> np.ndarray:
