@@ -129,3 +129,32 @@ def test_cli_prepare_runs_and_reports(demo_raw, tmp_path):
         timeout=300,
     )
     assert missing.returncode == 2 and "raw data folder not found" in missing.stderr
+
+
+def test_the_prepare_stage_writes_the_same_bytes_in_any_project_folder(
+    demo_raw, tmp_path, project_root
+):
+    """No machine path in the stage's outputs: two project folders, identical files."""
+    import yaml
+
+    from cxrdet.stages import prepare as stage
+
+    params = yaml.safe_load((project_root / "params.yaml").read_text())
+    params["data"] = {"detect": {"format": "rsna", "raw_dir": "raw/rsna"}}
+    params["prepare"] |= {"image_size": 64, "workers": 1, "sample_grid": 2}
+    params["train"]["progress"] = False
+    params["pretrain"]["source"] = "none"
+    roots = [tmp_path / "first", tmp_path / "elsewhere" / "second"]
+    for root in roots:
+        (root / "raw").mkdir(parents=True)
+        (root / "raw" / "rsna").symlink_to(demo_raw / "rsna")
+        (root / "params.yaml").write_text(yaml.safe_dump(params))
+        stage.run(root, "detect")
+    outputs = [root / "data/prepared/detect" for root in roots]
+    names = sorted(p.relative_to(outputs[0]) for p in outputs[0].rglob("*") if p.is_file())
+    assert names == sorted(p.relative_to(outputs[1]) for p in outputs[1].rglob("*") if p.is_file())
+    for name in names:
+        first, second = ((out / name).read_bytes() for out in outputs)
+        assert first == second, name
+        assert str(roots[0]).encode() not in first, f"{name} holds the project's path"
+    assert json.loads((outputs[0] / "dataset.json").read_text())["raw_dir"] == "raw/rsna"

@@ -62,9 +62,19 @@ class PreparedDataset:
 
 
 def prepare_dataset(
-    fmt: str, raw_dir: Path, out_dir: Path, options: PrepareOptions
+    fmt: str,
+    raw_dir: Path,
+    out_dir: Path,
+    options: PrepareOptions,
+    raw_dir_name: str | None = None,
 ) -> PreparedDataset:
-    given_raw_dir, raw_dir, out_dir = str(raw_dir), Path(raw_dir).resolve(), Path(out_dir)
+    """The raw dataset in `out_dir` (the files listed above).
+
+    `raw_dir_name`: how dataset.json names the raw folder (default: `raw_dir` as given);
+    stages pass params.yaml's project-relative value, so no machine path is in a DVC output.
+    """
+    given_raw_dir = raw_dir_name if raw_dir_name is not None else str(raw_dir)
+    raw_dir, out_dir = Path(raw_dir).resolve(), Path(out_dir)
     if not raw_dir.is_dir():
         raise CxrdetError(f"{raw_dir}: raw data folder not found (format {fmt!r})")
     source_options = (

@@ -41,7 +41,11 @@ def run(root: Path, name: str) -> None:
         tracking_uri=params.tracking.tracking_uri,
     ):
         prepared = prepare_dataset(
-            dataset.format, root / dataset.raw_dir, root / PREPARED / name, options
+            dataset.format,
+            root / dataset.raw_dir,
+            root / PREPARED / name,
+            options,
+            raw_dir_name=str(dataset.raw_dir),
         )
         mlflow.set_tag("cxrdet.data_hash", prepared.info["data_hash"])
         log_numeric(prepared.stats)
