@@ -123,9 +123,13 @@ def score(spark: Any, model_uri: str, table: pd.DataFrame, device: str) -> pd.Da
     from pyspark.sql.functions import struct
 
     from cxrdet.serving.inputs import ID, PATH
+    from cxrdet.serving.path_root import CONFIG_KEY
 
+    # The table is the user's own: its files are allowed, below their common folder only.
+    table = table.assign(**{PATH: [str(Path(p).resolve()) for p in table[PATH]]})
+    root = os.path.commonpath([str(Path(p).parent) for p in table[PATH]])
     udf = mlflow.pyfunc.spark_udf(
-        spark, model_uri, env_manager="local", model_config={"device": device}
+        spark, model_uri, env_manager="local", model_config={"device": device, CONFIG_KEY: root}
     )
     images = spark.createDataFrame(table).repartition(spark.sparkContext.defaultParallelism)
     scored = images.select(udf(struct(ID, PATH)).alias("out")).select("out.image_id", "out.boxes")
