@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import importlib.util
+import io
 import json
 import shutil
 import socket
@@ -254,3 +255,17 @@ def test_predict_from_an_mlflow_model_refuses_cuda_without_cuda(saved, images, t
     assert main([*argv, "--out", str(tmp_path / "sub.csv"), "--device", "cuda"]) == 2
     assert "'cuda' requested but no CUDA device is available" in capsys.readouterr().err
     assert not (tmp_path / "sub.csv").exists()
+
+
+def test_a_blank_image_is_refused_naming_its_row_and_id(model, images):
+    blank = io.BytesIO()
+    Image.new("L", (64, 64), 128).save(blank, format="PNG")
+    frame = pd.DataFrame(
+        {
+            "image_id": ["fine", "blank-42"],
+            "image": [encoded(images["as_png"]), base64.b64encode(blank.getvalue()).decode()],
+        }
+    )
+    with pytest.raises(MlflowException) as raised:
+        model.predict(frame)
+    assert "row 1 (image_id 'blank-42'), column image: blank image" in raised.value.message

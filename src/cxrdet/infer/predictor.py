@@ -33,7 +33,7 @@ from cxrdet.config import Params, TrainParams, load_params
 from cxrdet.data.cache import SETTINGS_FILE, resize_square
 from cxrdet.data.images import IMAGE_SUFFIXES, read_image
 from cxrdet.ensemble import Ensembled, EnsembleRecipe, MemberPredictions, apply_recipe
-from cxrdet.errors import CxrdetError
+from cxrdet.errors import CxrdetError, ImageReadError
 from cxrdet.families import get_family, load_any_detector
 from cxrdet.infer.detector_tta import detection_views, predict_views, prediction_tables
 from cxrdet.infer.tta import predict_tta, tta_views, view_table
@@ -216,11 +216,16 @@ class EnsemblePredictor:
         return model.to(self.device).eval(), config
 
     def load_images(self, paths: Sequence[Path], image_ids: Sequence[str]) -> LoadedImages:
-        """Decode and resize as `prepare` did; ImageReadError names a file that cannot be read."""
+        """Decode and resize as `prepare` did; ImageReadError names a file that cannot be read
+        or is blank (one value everywhere)."""
         settings = self.spec.preprocess
         arrays, widths, heights = [], [], []
         for path in paths:
             image = read_image(path, settings["low_percentile"], settings["high_percentile"])
+            if image.min() == image.max():  # no content: refused by name, not deep in a batch
+                raise ImageReadError(
+                    path, f"blank image: every pixel is {image.flat[0]} after windowing"
+                )
             heights.append(image.shape[0])
             widths.append(image.shape[1])
             arrays.append(resize_square(image, int(settings["size"])))
