@@ -80,3 +80,21 @@ def test_the_root_comes_from_the_model_config_or_the_environment(tree, monkeypat
     monkeypatch.setenv(ENV, str(tree["root"] / "nope"))
     with pytest.raises(CxrdetError, match=ENV):
         configured_root({})
+
+
+def test_serve_refuses_a_path_root_that_is_no_folder_with_exit_2(tmp_path, monkeypatch, capsys):
+    from cxrdet.cli import main
+
+    monkeypatch.delenv(ENV, raising=False)
+    argv = ["serve", "--model", "models:/m@champion", "--path-root", str(tmp_path / "nope")]
+    assert main(argv) == 2
+    assert f"{ENV} / model config path_root=" in capsys.readouterr().err
+
+
+def test_readme_serving_section_states_the_pixel_limit():
+    from cxrdet.data.dicom import MAX_PIXELS
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    serving = readme[readme.index("**Serving.**") : readme.index("## Params and profiles")]
+    assert f"{MAX_PIXELS / 1e6:.0f} MP (`cxrdet.data.dicom.MAX_PIXELS`" in serving
+    assert "--path-root" in serving and ENV in serving
