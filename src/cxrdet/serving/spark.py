@@ -8,7 +8,8 @@
 
 --input: a folder of DICOM/PNG/JPEG images (ids: file names), or a table (.parquet or .csv)
 with columns image_id and path. The paths must be readable where the executors run (a shared
-file system on a cluster). --model: an MLflow model (models:/<name>@<alias> is resolved to
+file system on a cluster); relative ones are taken against the current folder, and the model
+is loaded with its `path_root` at the paths' common folder (cxrdet.serving.path_root). --model: an MLflow model (models:/<name>@<alias> is resolved to
 its version on the driver, so every executor scores the same version). The driver reads the
 model's format and classes, Spark ships the model to the executors, each scores its
 partition's images in Arrow batches of --chunk rows in its own Python (env_manager local:
