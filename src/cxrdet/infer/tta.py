@@ -69,12 +69,14 @@ class ViewTransforms:
         return image
 
 
-def view_seed(seed: int, image: np.ndarray, view_index: int) -> int:
-    """The random view's seed: from the pixels, never the id (same image, same answer)."""
-    content = zlib.crc32(
-        np.ascontiguousarray(image).tobytes(), zlib.crc32(repr(image.shape).encode())
-    )
-    return derive_seed(seed, content, view_index)
+def pixel_key(image: np.ndarray) -> int:
+    """A 32-bit digest of an image's pixels and shape: what its random views are seeded by."""
+    return zlib.crc32(np.ascontiguousarray(image).tobytes(), zlib.crc32(repr(image.shape).encode()))
+
+
+def view_seed(seed: int, key: int, view_index: int) -> int:
+    """The random view's seed from the image's pixel_key, never its id (same image, same answer)."""
+    return derive_seed(seed, key, view_index)
 
 
 class TtaDataset(Dataset):
@@ -92,8 +94,9 @@ class TtaDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image = self.images.read(index, self.size)
+        key = pixel_key(image)
         stacked = [
-            normalize(self.transforms(image, view, view_seed(self.seed, image, number)))
+            normalize(self.transforms(image, view, view_seed(self.seed, key, number)))
             for number, view in enumerate(self.views)
         ]
         return {"image": torch.stack(stacked), "index": index}
