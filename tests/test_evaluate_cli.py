@@ -165,6 +165,31 @@ def test_bad_input_exits_2_with_a_clear_message(
     assert err.startswith("cxrdet evaluate: error: ") and message in err
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 64, "binary.csv, line 1: not UTF-8 text"),
+        (
+            "patientId,PredictionString\np1,\np2,0.5 1 2 3 4 # caf\u00e9\n".encode("latin-1"),
+            "binary.csv, line 3: not UTF-8 text",
+        ),
+        (
+            b"patientId,PredictionString\np1,\np2," + b"9" * 131_073 + b"\n",
+            "binary.csv, line 3: not a valid CSV row: field larger than field limit",
+        ),
+    ],
+    ids=["binary", "latin-1", "huge-field"],
+)
+def test_an_unreadable_submission_exits_2_naming_file_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes, message: str
+) -> None:
+    truth = write(tmp_path, "labels.csv", RSNA_LABELS)
+    (tmp_path / "binary.csv").write_bytes(content)
+    argv = ["--format", "rsna", "--truth", str(truth), "--submission", str(tmp_path / "binary.csv")]
+    assert main(["evaluate", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_console_entry_point_exits_2(tmp_path: Path) -> None:
     truth = write(tmp_path, "labels.csv", RSNA_LABELS)
     bad = write(tmp_path, "bad.csv", "patientId,PredictionString\np1,0.9 1 2 x 4\n")

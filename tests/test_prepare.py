@@ -1,7 +1,10 @@
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -158,3 +161,67 @@ def test_the_prepare_stage_writes_the_same_bytes_in_any_project_folder(
         assert first == second, name
         assert str(roots[0]).encode() not in first, f"{name} holds the project's path"
     assert json.loads((outputs[0] / "dataset.json").read_text())["raw_dir"] == "raw/rsna"
+
+
+SLOW_PREPARE = """
+import sys, time
+import cxrdet.data.cache as cache
+
+read = cache.read_image
+
+
+def slow(*args, **kwargs):  # busy workers: on their own they would outlive the test's wait
+    time.sleep(10)
+    return read(*args, **kwargs)
+
+
+cache.read_image = slow
+from cxrdet.cli import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited (its new parent has not reaped it yet)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal: Linux")
+def test_kill_9_of_prepare_leaves_no_pool_worker_alive(demo_raw, tmp_path):
+    script = tmp_path / "slow_prepare.py"
+    script.write_text(SLOW_PREPARE)
+    argv = ["prepare", "--source", "rsna", "--raw-dir", str(demo_raw / "rsna")]
+    argv += ["--out-dir", str(tmp_path / "out"), "--image-size", "48", "--workers", "2"]
+    parent = subprocess.Popen([sys.executable, str(script), *argv], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    workers: list[int] = []
+    while len(workers) < 2 and time.monotonic() < deadline and parent.poll() is None:
+        time.sleep(0.2)
+        workers = children(parent.pid)
+    assert len(workers) >= 2, "the pool never started"
+    parent.kill()  # SIGKILL: the parent cannot stop its pool itself
+    parent.wait()
+    deadline = time.monotonic() + 5
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    survivors = [pid for pid in workers if alive(pid)]
+    for pid in survivors:  # leave no orphan behind even when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors, f"pool workers outlived their killed parent: {survivors}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import importlib.util
+import io
 import json
 import shutil
 import socket
@@ -116,6 +117,15 @@ def model(saved: tuple[Path, list[str]]):
     return mlflow.pyfunc.load_model(str(saved[0]))
 
 
+@pytest.fixture(scope="module")
+def model_with_root(saved: tuple[Path, list[str]], images: dict[str, Path]):
+    """The model as an operator who allows `path` inputs below the images' folder loads it."""
+    import mlflow
+
+    root = str(images["as_jpeg"].parent)
+    return mlflow.pyfunc.load_model(str(saved[0]), model_config={"path_root": root})
+
+
 def encoded(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode()
 
@@ -146,7 +156,9 @@ def test_model_is_saved_from_code_offline_with_explicit_requirements_and_signatu
         assert "state_dict" in torch.load(file, map_location="cpu", weights_only=True)
 
 
-def test_predictions_equal_the_predictor_on_dicom_png_jpeg_and_paths(model, bundle, images):
+def test_predictions_equal_the_predictor_on_dicom_png_jpeg_and_paths(
+    model_with_root, bundle, images
+):
     ids = list(images)
     frame = pd.DataFrame(
         {
@@ -155,7 +167,7 @@ def test_predictions_equal_the_predictor_on_dicom_png_jpeg_and_paths(model, bund
             "path": [str(images[i]) if i == "as_jpeg" else None for i in ids],
         }
     )
-    output = model.predict(frame)
+    output = model_with_root.predict(frame)
     assert list(output.columns) == OUTPUT_COLUMNS and output["image_id"].tolist() == ids
     expected = EnsemblePredictor.load(bundle).predict([images[i] for i in ids], ids)
     assert len(expected.boxes) > 0  # untrained, but no gate or cut: boxes flow through
@@ -195,14 +207,14 @@ def test_predictions_equal_the_predictor_on_dicom_png_jpeg_and_paths(model, bund
         ),
         (
             pd.DataFrame({"image_id": ["a"], "path": ["/nonexistent/x.dcm"]}),
-            "row 0 (image_id 'a'), column path (/nonexistent/x.dcm): file not found",
+            "row 0 (image_id 'a'), column path: file paths are disabled on this server",
         ),
         (
-            pd.DataFrame({"image_id": ["a", "a"], "path": ["x.png", "y.png"]}),
+            pd.DataFrame({"image_id": ["a", "a"], "image": ["iVBORw0KGgo="] * 2}),
             "row 1 (image_id 'a'): the same image_id as row 0",
         ),
     ],
-    ids=["no-image-id", "neither", "bad-base64", "not-an-image", "missing-file", "duplicate-id"],
+    ids=["no-image-id", "neither", "bad-base64", "not-an-image", "path-off", "duplicate-id"],
 )
 def test_bad_input_is_an_error_naming_row_and_column(model, frame, expected):
     with pytest.raises(MlflowException) as raised:
@@ -227,3 +239,33 @@ def test_file_types_are_sniffed_from_their_first_bytes(images):
         image_suffix(next(p for p in images.values() if p.suffix == ".dcm").read_bytes()) == ".dcm"
     )
     assert image_suffix(b"GIF89a" + bytes(200)) is None
+
+
+def test_the_model_takes_device_and_path_root_from_its_load_config(saved, model_with_root, images):
+    mlmodel = yaml.safe_load((saved[0] / "MLmodel").read_text())
+    assert mlmodel["flavors"]["python_function"]["config"] == {"device": "auto", "path_root": ""}
+    assert model_with_root.unwrap_python_model().path_root == images["as_jpeg"].parent.resolve()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="refusing cuda needs a machine without it")
+def test_predict_from_an_mlflow_model_refuses_cuda_without_cuda(saved, images, tmp_path, capsys):
+    from cxrdet.cli import main
+
+    argv = ["predict", "--model", str(saved[0]), "--input", str(images["as_png"].parent)]
+    assert main([*argv, "--out", str(tmp_path / "sub.csv"), "--device", "cuda"]) == 2
+    assert "'cuda' requested but no CUDA device is available" in capsys.readouterr().err
+    assert not (tmp_path / "sub.csv").exists()
+
+
+def test_a_blank_image_is_refused_naming_its_row_and_id(model, images):
+    blank = io.BytesIO()
+    Image.new("L", (64, 64), 128).save(blank, format="PNG")
+    frame = pd.DataFrame(
+        {
+            "image_id": ["fine", "blank-42"],
+            "image": [encoded(images["as_png"]), base64.b64encode(blank.getvalue()).decode()],
+        }
+    )
+    with pytest.raises(MlflowException) as raised:
+        model.predict(frame)
+    assert "row 1 (image_id 'blank-42'), column image: blank image" in raised.value.message

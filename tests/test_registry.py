@@ -9,7 +9,10 @@ The registry logic does not depend on what the model computes: a constant pyfunc
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -164,3 +167,52 @@ def test_registry_cli_lists_promotes_and_rolls_back(store, monkeypatch, capsys):
             cxrdet_main(["registry", "promote", "--version", bad])
         assert exited.value.code == 2
         assert f"argument --version: {bad!r} is not a version number" in capsys.readouterr().err
+
+
+RACING_PROMOTE = """
+import sys, time
+from cxrdet.tracking import registry
+
+read = registry.champion_history
+
+
+def slow(name):  # widen the read-modify-write window of the history tag: a race loses entries
+    history = read(name)
+    time.sleep(1.0)
+    return history
+
+
+registry.champion_history = slow
+from cxrdet.cli import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_parallel_promotions_lose_no_history_entry_and_rollback_is_true(store, tmp_path):
+    root, _ = store
+    name = "race"
+    first, _ = register(store, name, 0.30)
+    racers = [register(store, name, 0.10)[0] for _ in range(4)]  # not better: challengers only
+    script = tmp_path / "racing_promote.py"
+    script.write_text(RACING_PROMOTE)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env |= {"CXRDET_ROOT": str(root), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(script), "registry", "promote", "--name", name]
+            + ["--version", version, "--force"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for version in racers
+    ]
+    for process in processes:
+        assert process.wait(timeout=300) == 0, process.stderr.read()[-2000:]
+    history = registry.champion_history(name)
+    assert history[0] == first and sorted(history[1:]) == sorted(racers)  # no entry lost
+    assert aliases(name)["champion"] == history[-1]  # the last writer is the last entry
+    assert registry.rollback(name) == (history[-1], history[-2])
+    assert aliases(name)["champion"] == history[-2]

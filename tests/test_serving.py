@@ -7,6 +7,12 @@ sqlite store, so the server resolves the alias from the registry."""
 from __future__ import annotations
 
 import base64
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -15,7 +21,7 @@ import pytest
 from cxrdet.serving.check import box_difference, output_boxes
 from cxrdet.serving.inputs import frame_of, png_example
 from cxrdet.serving.package import log_ensemble
-from cxrdet.serving.server import invoke, model_server, post
+from cxrdet.serving.server import free_port, invoke, model_server, post, stop, wait_ready
 from cxrdet.tracking import registry
 from cxrdet.tracking.store import configure, ensure_experiment
 from test_pyfunc_model import bench, images, small_params  # noqa: F401  (fixture)
@@ -25,8 +31,8 @@ NAME = "cxrdet-rsna"
 
 
 @pytest.fixture(scope="module")
-def served(images, tmp_path_factory):  # noqa: F811
-    """(server URL, the in-process model) of the registered champion."""
+def registered(images, tmp_path_factory):  # noqa: F811
+    """(a project root whose store holds the champion, its tracking URI, the in-process model)."""
     root = tmp_path_factory.mktemp("serving")
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -44,7 +50,13 @@ def served(images, tmp_path_factory):  # noqa: F811
         info = log_ensemble(bundle, example)
     version = registry.register_version(NAME, info.model_uri, {registry.HOLDOUT_TAG: "h"})
     registry.decide(NAME, str(version.version), registry.gate(NAME, str(version.version), 0.01))
-    local = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    return root, uri, mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+
+
+@pytest.fixture(scope="module")
+def served(registered):
+    """(server URL, the in-process model) of the registered champion."""
+    _, uri, local = registered
     with model_server(f"models:/{NAME}@champion", env={"MLFLOW_TRACKING_URI": uri}) as url:
         yield url, local
 
@@ -96,3 +108,47 @@ def test_garbage_gets_4xx_naming_the_problem_and_the_server_goes_on(served, imag
     assert 400 <= status < 500
     status, body = invoke(url, frame_of(["again"], [dicom]))
     assert status == 200 and predictions(body)["image_id"].tolist() == ["again"]
+
+
+def readme_serve_command() -> str:
+    """The README's one `cxrdet serve` command line, as a user would type it."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    lines = [line for line in readme.splitlines() if line.startswith(".venv/bin/cxrdet serve ")]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_the_readmes_serve_command_works_as_typed(registered, images, tmp_path):
+    """Run from a project root whose .venv is this environment, the venv not on PATH; only
+    the port is swapped for a free one. The served model refuses `path` by default."""
+    root, _, local = registered
+    command = readme_serve_command()
+    assert f"models:/{NAME}@champion" in command and re.search(r" -p \d+", command)
+    port = free_port()
+    typed = re.sub(r" -p \d+", f" -p {port}", command)
+    venv = root / ".venv"
+    if not venv.exists():
+        venv.symlink_to(Path(sys.prefix))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "CXRDET_"))}
+    env |= {"PATH": "/usr/bin:/bin", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen(
+            ["bash", "-c", typed],
+            cwd=root,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_ready(url, process, log, 300.0)
+            dicom = next(p for p in images.values() if p.suffix == ".dcm")
+            status, body = invoke(url, frame_of(["p1"], [dicom]))
+            assert status == 200, body
+            expected = local.predict(frame_of(["p1"], [dicom]))
+            assert box_difference(output_boxes(predictions(body)), output_boxes(expected)) is None
+            status, body = invoke(url, frame_of(["p1"], [dicom], column="path"))
+            assert status == 400 and "file paths are disabled" in body["message"]
+        finally:
+            stop(process)

@@ -5,7 +5,14 @@ import pytest
 import torch
 
 from cxrdet.config import TrainParams
-from cxrdet.infer.tta import TtaView, ViewTransforms, predict_tta, tta_views, view_seed
+from cxrdet.infer.tta import (
+    TtaView,
+    ViewTransforms,
+    pixel_key,
+    predict_tta,
+    tta_views,
+    view_seed,
+)
 
 RUNTIME = TrainParams(progress=False)
 
@@ -45,14 +52,38 @@ def test_flipped_view_of_flipped_image_is_the_original(image):
     assert np.array_equal(transform(inverted, TtaView("inverted", 0), 0), image)
 
 
-def test_random_views_are_seeded_by_image_and_view(image):
+def test_random_views_are_seeded_by_the_pixels_and_view(image):
     transform = ViewTransforms()
     view = TtaView("original", 1)
-    first = transform(image, view, view_seed(0, "a", 1))
-    assert np.array_equal(first, transform(image, view, view_seed(0, "a", 1)))
-    others = [transform(image, view, view_seed(0, name, 1)) for name in "bcdefgh"]
-    assert not all(np.array_equal(first, other) for other in others)
+    first = transform(image, view, view_seed(0, pixel_key(image), 1))
+    assert np.array_equal(first, transform(image, view, view_seed(0, pixel_key(image.copy()), 1)))
+    rng = np.random.default_rng(1)
+    others = [
+        transform(other, view, view_seed(0, pixel_key(other), 1))
+        for other in (image ^ rng.integers(0, 2, image.shape, dtype=np.uint8) for _ in range(7))
+    ]
+    assert (
+        len({view_seed(0, pixel_key(o), 1) for o in others} | {view_seed(0, pixel_key(image), 1)})
+        == 8
+    )
     assert not np.array_equal(first, image)  # an augmented view is always changed
+
+
+def test_one_image_under_two_ids_gets_identical_probabilities(image):
+    """Same image, same answer: the random views never depend on the image id."""
+    images = FakeImages([image, image.copy()])
+    images.image_ids = ["real", "patient-42"]
+    probs = predict_tta(
+        MeanBrightness(),
+        images,
+        size=48,
+        views=tta_views(4),
+        seed=0,
+        batch_size=2,
+        device=torch.device("cpu"),
+        runtime=RUNTIME,
+    )
+    np.testing.assert_array_equal(probs[0], probs[1])
 
 
 class MeanBrightness(torch.nn.Module):

@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "cxrdet.commands.predict",
     "cxrdet.commands.profile",
     "cxrdet.commands.registry",
+    "cxrdet.commands.serve",
     "cxrdet.commands.stage_times",
 ]
 

@@ -7,12 +7,13 @@ naming the file and its 1-based line (header = line 1).
 
 from __future__ import annotations
 
+import codecs
 import csv
 import math
 import warnings
 from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -163,23 +164,50 @@ def _csv_rows(path: str | Path, header: Sequence[str]) -> Iterator[tuple[int, di
         raise AnnotationError(path, None, f"cannot open: {error.strerror}") from error
     with handle:
         reader = csv.reader(handle)
-        columns = next(reader, None)
-        if columns is None:
-            raise AnnotationError(path, None, "empty file; expected a header line")
-        missing = [c for c in header if c not in columns]
-        if missing:
+        try:
+            yield from _checked_rows(path, reader, header)
+        except UnicodeDecodeError:  # binary, Latin-1, ...: name the first bad line
             raise AnnotationError(
-                path, 1, f"header lacks columns {missing}; expected {','.join(header)}"
+                path, _undecodable_line(path), "not UTF-8 text (a submission is a UTF-8 CSV)"
+            ) from None
+        except csv.Error as error:  # a NUL byte, a field over csv's size limit, ...
+            raise AnnotationError(path, reader.line_num, f"not a valid CSV row: {error}") from None
+
+
+def _checked_rows(
+    path: Path, reader: Any, header: Sequence[str]
+) -> Iterator[tuple[int, dict[str, str]]]:
+    """_csv_rows' rows of the csv.reader `reader` (its line_num names each row's line)."""
+    columns = next(reader, None)
+    if columns is None:
+        raise AnnotationError(path, None, "empty file; expected a header line")
+    missing = [c for c in header if c not in columns]
+    if missing:
+        raise AnnotationError(
+            path, 1, f"header lacks columns {missing}; expected {','.join(header)}"
+        )
+    index = [columns.index(c) for c in header]
+    for fields in reader:
+        if not any(f.strip() for f in fields):
+            continue
+        if len(fields) != len(columns):
+            raise AnnotationError(
+                path, reader.line_num, f"{len(fields)} fields, the header has {len(columns)}"
             )
-        index = [columns.index(c) for c in header]
-        for fields in reader:
-            if not any(f.strip() for f in fields):
-                continue
-            if len(fields) != len(columns):
-                raise AnnotationError(
-                    path, reader.line_num, f"{len(fields)} fields, the header has {len(columns)}"
-                )
-            yield reader.line_num, {c: fields[i].strip() for c, i in zip(header, index)}
+        yield reader.line_num, {c: fields[i].strip() for c, i in zip(header, index)}
+
+
+def _undecodable_line(path: Path) -> int | None:
+    """The 1-based line of a file's first byte that is not UTF-8 (read in chunks)."""
+    decoder, line = codecs.getincrementaldecoder("utf-8")(), 1
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 16), b""):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as error:
+                return line + chunk.count(b"\n", 0, max(error.start, 0))
+            line += chunk.count(b"\n")
+    return None
 
 
 def _numbers(path: str | Path, line: int, tokens: Sequence[str]) -> list[float]:

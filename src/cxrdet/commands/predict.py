@@ -14,6 +14,11 @@ with detector_final.enabled its final detectors and fold classifiers; results/tu
 predictor.json. Every DICOM, PNG or JPEG under --input is one image; its id is its file name
 without extension (RSNA: the patientId). Images are decoded and windowed as `prepare`
 cached the training images.
+
+--on-bad-files skip: an unreadable or blank image does not stop the run; the others are
+predicted and written, the rejected ones listed with their reasons in <out>.rejected.csv
+next to the submission (prepare's rejected.csv columns), and the exit code is 2 when more
+than --max-rejected-fraction of the images were rejected (default raise: the first stops it).
 """
 
 from __future__ import annotations
@@ -55,6 +60,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--chunk", type=int, default=64, help="images decoded and predicted together (memory bound)"
     )
+    parser.add_argument(
+        "--on-bad-files",
+        choices=("raise", "skip"),
+        default="raise",
+        help="skip: predict the readable images, list the others in <out>.rejected.csv",
+    )
+    parser.add_argument(
+        "--max-rejected-fraction",
+        type=float,
+        default=0.05,
+        help="--on-bad-files skip: exit 2 when more images than this fraction are rejected",
+    )
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     add_engine_arguments(parser)  # --engine spark: cxrdet.serving.spark
 
@@ -65,9 +82,11 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm.auto import tqdm
 
+    from cxrdet.data.prepare import check_rejected_fraction, rejected_table
     from cxrdet.errors import CxrdetError
     from cxrdet.formats import output_format
     from cxrdet.infer.predictor import find_images
+    from cxrdet.io import write_csv
     from cxrdet.paths import project_root
     from cxrdet.serving.load import load_predictor
     from cxrdet.tracking.store import OFFLINE_ENV
@@ -79,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
     if args.engine == "spark":
         from cxrdet.serving.spark import predict_on_spark
 
+        if args.on_bad_files != "raise":
+            raise CxrdetError("--on-bad-files skip applies to --engine local only")
+
         return predict_on_spark(args)
     found = list(find_images(args.input))
     if not found:
@@ -87,9 +109,34 @@ def run(args: argparse.Namespace) -> int:
     predictor, loaded = load_predictor(args.model, project_root(), device=args.device)
     print(f"model: {loaded}", file=sys.stderr)
     fmt = args.format or predictor.spec.fmt
-    with tqdm(total=len(paths), desc="predict", unit="img", disable=not args.progress) as bar:
-        result = predictor.predict(paths, image_ids, chunk=args.chunk, progress=bar.update)
+    rejected: list[tuple[str, Path, str]] | None = [] if args.on_bad_files == "skip" else None
+    listing = rejected_path(args.out)
+    try:
+        with tqdm(total=len(paths), desc="predict", unit="img", disable=not args.progress) as bar:
+            result = predictor.predict(
+                paths, image_ids, chunk=args.chunk, progress=bar.update, rejected=rejected
+            )
+    finally:  # even when nothing could be read: the list says why
+        if rejected is not None:
+            write_csv(rejected_table(rejected), listing)
+    skipped = {image_id for image_id, _, _ in rejected or []}
+    kept = [image_id for image_id in image_ids if image_id not in skipped]
     boxes = result.boxes
-    output_format(fmt).write_submission(boxes, args.out, predictor.spec.class_names, image_ids)
-    print(f"{len(image_ids)} images, {len(boxes)} boxes -> {args.out} ({fmt})", file=sys.stderr)
+    output_format(fmt).write_submission(boxes, args.out, predictor.spec.class_names, kept)
+    print(f"{len(kept)} images, {len(boxes)} boxes -> {args.out} ({fmt})", file=sys.stderr)
+    if rejected is not None:
+        print(f"{len(rejected)} images rejected -> {listing}", file=sys.stderr)
+        check_rejected_fraction(
+            len(rejected),
+            len(image_ids),
+            args.max_rejected_fraction,
+            "--max-rejected-fraction",
+            args.input,
+            listing,
+        )
     return 0
+
+
+def rejected_path(out: Path) -> Path:
+    """<out>.rejected.csv next to the submission: the images --on-bad-files skip left out."""
+    return out.with_name(f"{out.stem}.rejected.csv")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from tqdm.auto import tqdm
 from cxrdet.data.images import read_image
 from cxrdet.errors import ImageReadError
 from cxrdet.io import atomic_path
+from cxrdet.runtime.pool import worker_pool
 
 SETTINGS_FILE = "cache_settings.json"
 
@@ -115,7 +115,7 @@ def build_cache(
                 bar.update()
             return
         chunksize = max(1, min(32, len(todo) // (workers * 8) or 1))
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with worker_pool(workers) as pool:  # workers die with this process, even on SIGKILL
             settings_each = [settings] * len(todo)
             for result in pool.map(cache_one, todo, settings_each, chunksize=chunksize):
                 yield result

@@ -14,6 +14,7 @@ Output folder layout (one folder per prepared dataset):
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,13 +128,40 @@ def prepare_dataset(
     write_json(stats, out_dir / "stats.json")
     write_sample_grid(images, boxes, out_dir, options.sample_grid, options.seed)
 
-    if n_rejected / total > options.max_rejected_fraction:
-        raise CxrdetError(
-            f"{raw_dir}: {n_rejected} of {total} images rejected "
-            f"(> prepare.max_rejected_fraction={options.max_rejected_fraction}); "
-            f"reasons in {out_dir / 'rejected.csv'}"
-        )
+    check_rejected_fraction(
+        n_rejected,
+        total,
+        options.max_rejected_fraction,
+        "prepare.max_rejected_fraction",
+        raw_dir,
+        out_dir / "rejected.csv",
+    )
     return PreparedDataset(out_dir, images, boxes, info, stats, rejected)
+
+
+def check_rejected_fraction(
+    n_rejected: int, total: int, limit: float, setting: str, source: Path, listing: Path
+) -> None:
+    """CxrdetError when more than `limit` of `total` images were rejected (what was read is
+    kept; `listing`, the rejected CSV, says why)."""
+    if n_rejected / total > limit:
+        raise CxrdetError(
+            f"{source}: {n_rejected} of {total} images rejected (> {setting}={limit}); "
+            f"reasons in {listing}"
+        )
+
+
+def rejected_table(
+    images: Iterable[tuple[str, str | Path, str]],
+    rows: Iterable[tuple[str, int | None, str]] = (),
+) -> pd.DataFrame:
+    """The rejected CSV (REJECTED_COLUMNS): unreadable images as (image id, file, reason),
+    dropped annotation rows as (file, row, problem)."""
+    records = [("image", image_id, str(path), None, reason) for image_id, path, reason in images]
+    records += [("row", None, file, row, problem) for file, row, problem in rows]
+    table = pd.DataFrame(records, columns=REJECTED_COLUMNS)
+    table["row"] = table["row"].astype("Int64")
+    return table
 
 
 def _kept_targets(tables: SourceTables, images: pd.DataFrame) -> pd.DataFrame:
@@ -147,14 +175,8 @@ def _kept_targets(tables: SourceTables, images: pd.DataFrame) -> pd.DataFrame:
 
 def _rejected_table(tables: SourceTables, failures: dict[str, str]) -> pd.DataFrame:
     paths = dict(zip(tables.images["image_id"], tables.images["path"]))
-    rows = [("image", image_id, path, None, reason) for image_id, path, reason in tables.rejected]
-    rows += [
-        ("image", image_id, paths[image_id], None, reason) for image_id, reason in failures.items()
-    ]
-    rows += [("row", None, file, row, problem) for file, row, problem in tables.dropped]
-    table = pd.DataFrame(rows, columns=REJECTED_COLUMNS)
-    table["row"] = table["row"].astype("Int64")
-    return table
+    unreadable = [(image_id, paths[image_id], reason) for image_id, reason in failures.items()]
+    return rejected_table([*tables.rejected, *unreadable], tables.dropped)
 
 
 def write_sample_grid(

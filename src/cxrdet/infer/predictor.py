@@ -33,7 +33,7 @@ from cxrdet.config import Params, TrainParams, load_params
 from cxrdet.data.cache import SETTINGS_FILE, resize_square
 from cxrdet.data.images import IMAGE_SUFFIXES, read_image
 from cxrdet.ensemble import Ensembled, EnsembleRecipe, MemberPredictions, apply_recipe
-from cxrdet.errors import CxrdetError
+from cxrdet.errors import CxrdetError, ImageReadError
 from cxrdet.families import get_family, load_any_detector
 from cxrdet.infer.detector_tta import detection_views, predict_views, prediction_tables
 from cxrdet.infer.tta import predict_tta, tta_views, view_table
@@ -215,17 +215,35 @@ class EnsemblePredictor:
     ) -> tuple[torch.nn.Module, dict[str, Any]]:
         return model.to(self.device).eval(), config
 
-    def load_images(self, paths: Sequence[Path], image_ids: Sequence[str]) -> LoadedImages:
-        """Decode and resize as `prepare` did; ImageReadError names a file that cannot be read."""
+    def load_images(
+        self,
+        paths: Sequence[Path],
+        image_ids: Sequence[str],
+        rejected: list[tuple[str, Path, str]] | None = None,
+    ) -> LoadedImages:
+        """Decode and resize as `prepare` did. A file that cannot be read or is blank (one
+        value everywhere) raises ImageReadError naming it, or with a `rejected` list is
+        appended to it as (image id, path, reason) and left out."""
         settings = self.spec.preprocess
-        arrays, widths, heights = [], [], []
-        for path in paths:
-            image = read_image(path, settings["low_percentile"], settings["high_percentile"])
+        ids, arrays, widths, heights = [], [], [], []
+        for image_id, path in zip(image_ids, paths):
+            try:
+                image = read_image(path, settings["low_percentile"], settings["high_percentile"])
+                if image.min() == image.max():  # no content: refused by name, not deep in a batch
+                    raise ImageReadError(
+                        path, f"blank image: every pixel is {image.flat[0]} after windowing"
+                    )
+            except ImageReadError as error:
+                if rejected is None:
+                    raise
+                rejected.append((image_id, Path(path), error.reason))
+                continue
+            ids.append(image_id)
             heights.append(image.shape[0])
             widths.append(image.shape[1])
             arrays.append(resize_square(image, int(settings["size"])))
-        sizes = pd.DataFrame({"image_id": list(image_ids), "width": widths, "height": heights})
-        return LoadedImages(ArrayImages(image_ids, arrays), sizes)
+        sizes = pd.DataFrame({"image_id": ids, "width": widths, "height": heights})
+        return LoadedImages(ArrayImages(ids, arrays), sizes)
 
     def predict_members(self, loaded: LoadedImages) -> MemberPredictions:
         """Every fold model's predictions over its TTA views (the stages' table contracts)."""
@@ -290,22 +308,28 @@ class EnsemblePredictor:
         return apply_recipe(members, recipe or self.recipe, self.class_names)
 
     def predict(
-        self, paths: Sequence[Path], image_ids: Sequence[str], chunk: int = 64, progress: Any = None
+        self,
+        paths: Sequence[Path],
+        image_ids: Sequence[str],
+        chunk: int = 64,
+        progress: Any = None,
+        rejected: list[tuple[str, Path, str]] | None = None,
     ) -> Ensembled:
         """Final boxes and classifier probabilities of the images, `chunk` images at a time
-        (bounded memory); `progress(n)` is called as each chunk's images are done."""
+        (bounded memory); `progress(n)` is called as each chunk's images are done. With a
+        `rejected` list, unreadable images go there instead of stopping (see load_images)."""
         boxes, probabilities = [], []
         for start in range(0, len(paths), chunk):
             part = slice(start, start + chunk)
-            done = self.ensemble(
-                self.predict_members(self.load_images(paths[part], image_ids[part]))
-            )
-            boxes.append(done.boxes)
-            probabilities.append(done.probabilities)
+            loaded = self.load_images(paths[part], image_ids[part], rejected)
+            if len(loaded.images):
+                done = self.ensemble(self.predict_members(loaded))
+                boxes.append(done.boxes)
+                probabilities.append(done.probabilities)
             if progress is not None:
                 progress(len(paths[part]))
         if not boxes:
-            raise CxrdetError("no images to predict")
+            raise CxrdetError(f"no images to predict ({len(rejected or [])} unreadable)")
         return Ensembled(pd.concat(boxes, ignore_index=True), pd.concat(probabilities))
 
 

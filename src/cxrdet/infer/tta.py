@@ -2,8 +2,9 @@
 (1 + N random augmentations) views per image, each predicted separately.
 
 Every view's probability is kept, so the tuning stage can choose how many views to
-average without running the network again. A random view is seeded by (seed, image
-id, view): the same image always gets the same views, in any batch, on any rank.
+average without running the network again. A random view is seeded by (seed, the image's
+pixels, view): the same image always gets the same views, in any batch, on any rank, under
+any image id (OOF predictions, evaluate, predict and serving all see the same views).
 
 `view_table` is the classifiers' prediction table, the contract between them and the
 ensemble stage: one row per (image, view) with image_id, fold, model, view, opacity
@@ -68,8 +69,14 @@ class ViewTransforms:
         return image
 
 
-def view_seed(seed: int, image_id: str, view_index: int) -> int:
-    return derive_seed(seed, zlib.crc32(image_id.encode()), view_index)
+def pixel_key(image: np.ndarray) -> int:
+    """A 32-bit digest of an image's pixels and shape: what its random views are seeded by."""
+    return zlib.crc32(np.ascontiguousarray(image).tobytes(), zlib.crc32(repr(image.shape).encode()))
+
+
+def view_seed(seed: int, key: int, view_index: int) -> int:
+    """The random view's seed from the image's pixel_key, never its id (same image, same answer)."""
+    return derive_seed(seed, key, view_index)
 
 
 class TtaDataset(Dataset):
@@ -87,9 +94,9 @@ class TtaDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image = self.images.read(index, self.size)
-        image_id = self.images.image_ids[index]
+        key = pixel_key(image)
         stacked = [
-            normalize(self.transforms(image, view, view_seed(self.seed, image_id, number)))
+            normalize(self.transforms(image, view, view_seed(self.seed, key, number)))
             for number, view in enumerate(self.views)
         ]
         return {"image": torch.stack(stacked), "index": index}

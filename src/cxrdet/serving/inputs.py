@@ -1,7 +1,8 @@
 """The pyfunc model's input table -> image files the predictor reads.
 
 One row per image: `image_id` and either `image` (base64 of the bytes of a DICOM, PNG or
-JPEG file) or `path` (a file the model's process can read). Decoded bytes are written to a
+JPEG file) or `path` (a file below the server's path root, cxrdet.serving.path_root; off
+unless the operator sets one). Decoded bytes are written to a
 work folder under a suffix sniffed from their first bytes, so they go through exactly the
 reader `prepare` and `cxrdet predict` use (cxrdet.data.images.read_image). Every problem
 raises ModelInputError naming the row, its image id and the column.
@@ -22,6 +23,7 @@ from PIL import Image
 
 from cxrdet.data.images import read_image
 from cxrdet.errors import CxrdetError, ImageReadError
+from cxrdet.serving.path_root import DISABLED, REFUSED, confined_file
 
 ID, IMAGE, PATH = "image_id", "image", "path"
 PNG_MAGIC, JPEG_MAGIC, DICOM_MAGIC = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"DICM"
@@ -56,8 +58,9 @@ def image_suffix(data: bytes) -> str | None:
     return None
 
 
-def image_files(frame: pd.DataFrame, workdir: Path) -> ImageFiles:
-    """The rows of `frame` as files: decoded `image` bytes are written under `workdir`."""
+def image_files(frame: pd.DataFrame, workdir: Path, path_root: Path | None = None) -> ImageFiles:
+    """The rows of `frame` as files: decoded `image` bytes are written under `workdir`;
+    `path` values must name regular files below `path_root` (None: no `path` allowed)."""
     if ID not in frame.columns:
         raise ModelInputError(
             f"the input has no {ID!r} column (columns: {list(map(str, frame.columns))})"
@@ -82,7 +85,8 @@ def image_files(frame: pd.DataFrame, workdir: Path) -> ImageFiles:
         if (encoded is None) == (path is None):
             raise ModelInputError(f"{where}: give exactly one of {IMAGE!r} and {PATH!r}")
         if path is not None:
-            file, rows[Path(path)] = Path(path), f"{where}, column {PATH} ({path})"
+            file = _confined(path, path_root, where)
+            rows[file] = f"{where}, column {PATH} ({path})"
         else:
             file = _decoded(encoded, workdir / f"{number}", where)
             rows[file] = f"{where}, column {IMAGE}"
@@ -117,6 +121,15 @@ def _given(value: Any) -> Any:
     ):
         return None
     return value
+
+
+def _confined(value: Any, root: Path | None, where: str) -> Path:
+    if root is None:
+        raise ModelInputError(f"{where}, column {PATH}: {DISABLED}")
+    file = confined_file(root, str(value))
+    if file is None:  # one message for every refusal: nothing leaks about other files
+        raise ModelInputError(f"{where}, column {PATH} ({value}): {REFUSED}")
+    return file
 
 
 def _decoded(encoded: Any, stem: Path, where: str) -> Path:

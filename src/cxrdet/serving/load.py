@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from cxrdet.infer.predictor import EnsemblePredictor
+from cxrdet.runtime.device import select_device
 
 URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")  # models:/..., runs:/..., file:///...
 MLMODEL = "MLmodel"
@@ -28,6 +29,7 @@ def load_predictor(source: str, root: Path, device: str = "auto") -> tuple[Ensem
     from cxrdet.tracking.registry import resolve
     from cxrdet.tracking.store import configure
 
+    select_device(device)  # refuse cuda without CUDA before loading, as a predictor directory does
     configure(root)
     uri, note = resolve(source)
     model = mlflow.pyfunc.load_model(uri, model_config={"device": device})

@@ -23,6 +23,7 @@ from packaging.requirements import Requirement
 
 import cxrdet
 from cxrdet.errors import CxrdetError
+from cxrdet.serving.path_root import CONFIG_KEY
 from cxrdet.serving.pyfunc_model import BUNDLE, SIGNATURE
 
 MODEL_CODE = Path(__file__).with_name("model_code.py")
@@ -60,6 +61,8 @@ def model_arguments(bundle: Path, example: pd.DataFrame) -> Iterator[dict[str, A
             "python_model": str(MODEL_CODE),
             "artifacts": {BUNDLE: str(bundle)},
             "code_paths": [str(code)],
+            # MLflow lets load_model(model_config=...) override only the keys logged here
+            "model_config": {"device": "auto", CONFIG_KEY: ""},
             "signature": SIGNATURE,
             "input_example": example,
             "pip_requirements": pip_requirements(),

@@ -34,6 +34,7 @@ from cxrdet.errors import CxrdetError, ImageReadError
 from cxrdet.formats import output_format
 from cxrdet.infer.predictor import EnsemblePredictor
 from cxrdet.serving.inputs import ID, IMAGE, PATH, image_files
+from cxrdet.serving.path_root import configured_root
 from cxrdet.submission import prediction_strings
 
 BUNDLE = "bundle"  # the artifact holding the predictor directory
@@ -104,12 +105,14 @@ class EnsembleModel(PythonModel):
     """Every fold classifier and detector, their TTA views and the tuned recipe."""
 
     predictor: EnsemblePredictor
+    path_root: Path | None  # where `path` inputs may point; None: nowhere
 
     def load_context(self, context: Any) -> None:
-        device = (context.model_config or {}).get(
-            "device", "auto"
-        )  # load_model(model_config={"device": ...})
-        self.predictor = EnsemblePredictor.load(Path(context.artifacts[BUNDLE]), device=device)
+        config = context.model_config or {}  # load_model(model_config={"device": ...})
+        self.path_root = configured_root(config)
+        self.predictor = EnsemblePredictor.load(
+            Path(context.artifacts[BUNDLE]), device=config.get("device", "auto")
+        )
 
     # MLflow reads the `model_input` hint: pd.DataFrame keeps the explicit SIGNATURE (a hint
     # it can derive a schema from would replace it).
@@ -125,7 +128,7 @@ class EnsembleModel(PythonModel):
     def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
         spec = self.predictor.spec
         with tempfile.TemporaryDirectory(prefix="cxrdet-input-") as workdir:
-            files = image_files(frame, Path(workdir))
+            files = image_files(frame, Path(workdir), self.path_root)
             try:
                 result = self.predictor.predict(files.paths, files.image_ids)
             except ImageReadError as error:

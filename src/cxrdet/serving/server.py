@@ -1,5 +1,5 @@
-"""A local scoring server for a model: `mlflow models serve --env-manager local` on
-127.0.0.1 and a free port (what the README shows users), for tests and benchmarks."""
+"""A local scoring server for a model: `mlflow models serve --env-manager local` (what
+`cxrdet serve` runs), on 127.0.0.1 and a free port for tests and benchmarks."""
 
 from __future__ import annotations
 
@@ -29,14 +29,9 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@contextmanager
-def model_server(
-    model_uri: str, env: Mapping[str, str] | None = None, start_timeout: float = 300.0
-) -> Iterator[str]:
-    """Serve `model_uri` (one worker, offline env manager) until the block ends; yields the
-    base URL once /ping answers. CxrdetError with the server's log if it does not start."""
-    port = free_port()
-    command = [
+def serve_command(model_uri: str, host: str, port: int, workers: int) -> list[str]:
+    """`mlflow models serve` of this interpreter, offline (--env-manager local)."""
+    return [
         sys.executable,
         "-m",
         "mlflow",
@@ -47,29 +42,43 @@ def model_server(
         "--env-manager",
         "local",
         "-h",
-        "127.0.0.1",
+        host,
         "-p",
         str(port),
         "-w",
-        "1",
+        str(workers),
     ]
+
+
+def serve_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The server's environment: MLflow starts `uvicorn` by name, so this interpreter's
+    scripts folder (the venv's bin) goes first on PATH; the venv need not be activated."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return {**os.environ, "PATH": path, **(extra or {})}
+
+
+@contextmanager
+def model_server(
+    model_uri: str, env: Mapping[str, str] | None = None, start_timeout: float = 300.0
+) -> Iterator[str]:
+    """Serve `model_uri` (one worker, offline env manager) until the block ends; yields the
+    base URL once /ping answers. CxrdetError with the server's log if it does not start."""
+    port = free_port()
     with tempfile.TemporaryFile("w+") as log:
         # its own session: the server and any worker it forks stop together
-        # MLflow starts `uvicorn` by name: this interpreter's scripts folder (the venv's) goes first on PATH
-        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
         process = subprocess.Popen(
-            command,
-            env={**os.environ, "PATH": path, **(env or {})},
+            serve_command(model_uri, "127.0.0.1", port, 1),
+            env=serve_env(env),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            _wait_ready(url, process, log, start_timeout)
+            wait_ready(url, process, log, start_timeout)
             yield url
         finally:
-            _stop(process)
+            stop(process)
 
 
 def invoke(url: str, frame: pd.DataFrame, timeout: float = 300.0) -> tuple[int, Any]:
@@ -95,7 +104,7 @@ def post(url: str, body: Any, timeout: float = 300.0) -> tuple[int, Any]:
             return error.code, text
 
 
-def _wait_ready(url: str, process: subprocess.Popen, log: Any, timeout: float) -> None:
+def wait_ready(url: str, process: subprocess.Popen, log: Any, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -116,7 +125,7 @@ def _wait_ready(url: str, process: subprocess.Popen, log: Any, timeout: float) -
     raise CxrdetError(f"model server {state}:\n{log.read()[-4000:]}")
 
 
-def _stop(process: subprocess.Popen) -> None:
+def stop(process: subprocess.Popen) -> None:
     if process.poll() is not None:
         return
     os.killpg(process.pid, signal.SIGTERM)

@@ -8,7 +8,8 @@
 
 --input: a folder of DICOM/PNG/JPEG images (ids: file names), or a table (.parquet or .csv)
 with columns image_id and path. The paths must be readable where the executors run (a shared
-file system on a cluster). --model: an MLflow model (models:/<name>@<alias> is resolved to
+file system on a cluster); relative ones are taken against the current folder, and the model
+is loaded with its `path_root` at the paths' common folder (cxrdet.serving.path_root). --model: an MLflow model (models:/<name>@<alias> is resolved to
 its version on the driver, so every executor scores the same version). The driver reads the
 model's format and classes, Spark ships the model to the executors, each scores its
 partition's images in Arrow batches of --chunk rows in its own Python (env_manager local:
@@ -123,9 +124,13 @@ def score(spark: Any, model_uri: str, table: pd.DataFrame, device: str) -> pd.Da
     from pyspark.sql.functions import struct
 
     from cxrdet.serving.inputs import ID, PATH
+    from cxrdet.serving.path_root import CONFIG_KEY
 
+    # The table is the user's own: its files are allowed, below their common folder only.
+    table = table.assign(**{PATH: [str(Path(p).resolve()) for p in table[PATH]]})
+    root = os.path.commonpath([str(Path(p).parent) for p in table[PATH]])
     udf = mlflow.pyfunc.spark_udf(
-        spark, model_uri, env_manager="local", model_config={"device": device}
+        spark, model_uri, env_manager="local", model_config={"device": device, CONFIG_KEY: root}
     )
     images = spark.createDataFrame(table).repartition(spark.sparkContext.defaultParallelism)
     scored = images.select(udf(struct(ID, PATH)).alias("out")).select("out.image_id", "out.boxes")

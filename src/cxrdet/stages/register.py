@@ -82,8 +82,7 @@ def run(root: Path) -> None:
         version = registry.register_version(
             name, model.model_uri, registry.version_tags(metrics, metric, identity)
         )
-        decision = registry.gate(name, version.version, params.register.min_delta)
-        registry.decide(name, version.version, decision)
+        decision = registry.promote(name, version.version, params.register.min_delta)
         champion = registry.champion(name)
         mlflow.set_tags(
             {

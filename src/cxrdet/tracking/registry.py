@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,29 +120,50 @@ def score(version: Any) -> float | None:
     return None if value is None or value != value else value
 
 
+@contextmanager
+def champion_lock(name: str) -> Iterator[None]:
+    """Held while `champion` and its history tag are read and rewritten: two promotions or
+    rollbacks at once would otherwise lose a history entry (MLflow has no compare-and-set).
+    A file lock: it covers this machine's processes (next to a sqlite store)."""
+    import mlflow
+
+    from cxrdet.tracking.store import file_lock, lock_path
+
+    with file_lock(lock_path(mlflow.get_tracking_uri(), f"registry-{_safe(name)}")):
+        yield
+
+
 def decide(name: str, version: str, decision: Decision) -> None:
     """Record `decision` on the version and, when it promotes, move `champion` there."""
+    with champion_lock(name):
+        _record(name, version, decision)
+
+
+def promote(name: str, version: str, min_delta: float, force: bool = False) -> Decision:
+    """The gate's checks (unless `force`) and their decision, against the champion of the
+    moment (`cxrdet registry promote`, the register stage)."""
+    _version(name, version)
+    with champion_lock(name):
+        decision = Decision(True, "forced by the user") if force else gate(name, version, min_delta)
+        _record(name, version, decision)
+    return decision
+
+
+def _record(name: str, version: str, decision: Decision) -> None:
     if decision.promote:
-        set_champion(name, version)
+        history = champion_history(name)
+        client().set_registered_model_alias(name, CHAMPION, str(version))
+        client().set_registered_model_tag(
+            name, HISTORY_TAG, ",".join([*history, str(version)][-HISTORY_KEEP:])
+        )
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     verdict = "promoted" if decision.promote else "not promoted"
     client().set_model_version_tag(name, version, GATE_TAG, f"{stamp} {verdict}: {decision.reason}")
 
 
-def promote(name: str, version: str, min_delta: float, force: bool = False) -> Decision:
-    """`cxrdet registry promote`: the gate's checks, unless `force`."""
-    _version(name, version)
-    decision = Decision(True, "forced by the user") if force else gate(name, version, min_delta)
-    decide(name, version, decision)
-    return decision
-
-
-def set_champion(name: str, version: str) -> None:
-    history = champion_history(name)
-    client().set_registered_model_alias(name, CHAMPION, str(version))
-    client().set_registered_model_tag(
-        name, HISTORY_TAG, ",".join([*history, str(version)][-HISTORY_KEEP:])
-    )
+def _safe(name: str) -> str:
+    """A registered model name as part of a file name."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
 
 def champion_history(name: str) -> list[str]:
@@ -153,25 +175,29 @@ def rollback(name: str) -> tuple[str, str]:
     """Move `champion` back to the version that held it before the current one; returns
     (from, to). The current champion's entry leaves the history, so rolling back again
     goes one further back."""
-    current = champion(name)
-    if current is None:
-        raise CxrdetError(f"{name}: no champion to roll back")
-    history = champion_history(name)
-    while history and history[-1] == str(current.version):
-        history.pop()
-    if not history:
-        raise CxrdetError(
-            f"{name}: version {current.version} is the only champion there has been; nothing to roll back to"
+    with champion_lock(name):
+        current = champion(name)
+        if current is None:
+            raise CxrdetError(f"{name}: no champion to roll back")
+        history = champion_history(name)
+        while history and history[-1] == str(current.version):
+            history.pop()
+        if not history:
+            raise CxrdetError(
+                f"{name}: version {current.version} is the only champion there has been; nothing to roll back to"
+            )
+        previous = history[-1]
+        _version(name, previous)
+        client().set_registered_model_alias(name, CHAMPION, previous)
+        client().set_registered_model_tag(name, HISTORY_TAG, ",".join(history))
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        client().set_model_version_tag(
+            name,
+            previous,
+            GATE_TAG,
+            f"{stamp} champion again: rollback from version {current.version}",
         )
-    previous = history[-1]
-    _version(name, previous)
-    client().set_registered_model_alias(name, CHAMPION, previous)
-    client().set_registered_model_tag(name, HISTORY_TAG, ",".join(history))
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    client().set_model_version_tag(
-        name, previous, GATE_TAG, f"{stamp} champion again: rollback from version {current.version}"
-    )
-    return str(current.version), previous
+        return str(current.version), previous
 
 
 def list_versions(name: str) -> list[dict[str, Any]]:

@@ -7,7 +7,9 @@ repository, and a relative URI would write into the copy and be lost.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -106,9 +108,27 @@ def _shown(uri: str) -> str:
 @contextmanager
 def _setup_lock(root: Path) -> Iterator[None]:
     """Exclusive among this machine's processes (the sqlite store is a local file)."""
-    with open(store_root(root) / "mlruns" / ".setup.lock", "a") as handle:
+    with file_lock(store_root(root) / "mlruns" / ".setup.lock"):
+        yield
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock among this machine's processes (flock: released if one dies)."""
+    with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def lock_path(uri: str, purpose: str) -> Path:
+    """A lock file for `purpose` on the store `uri`: next to a sqlite database, else (a
+    server, a database elsewhere) in this machine's temp folder, one per store."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "sqlite" and parsed.path not in ("", "/:memory:"):
+        database = Path(parsed.path[1:])  # sqlite:////abs/x.db: /abs/x.db; sqlite:///x.db: x.db
+        return database.with_name(f"{database.name}.{purpose}.lock")
+    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"cxrdet-{purpose}-{digest}.lock"

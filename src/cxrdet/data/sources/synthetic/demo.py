@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from cxrdet.data.sources.synthetic.folder import write_folder
@@ -15,6 +14,7 @@ from cxrdet.data.sources.synthetic.samples import Sample, write_samples
 from cxrdet.data.sources.synthetic.spec import DemoSpec
 from cxrdet.data.sources.synthetic.vinbigdata import write_vinbigdata
 from cxrdet.data.tables import SourceTables
+from cxrdet.runtime.pool import worker_pool
 
 _WRITERS: dict[str, Callable[[Path, DemoSpec, bool], tuple[SourceTables, Sample]]] = {
     "rsna": write_rsna,
@@ -32,7 +32,7 @@ def synthesize(out_dir: Path, spec: DemoSpec, *, progress: bool = True) -> dict[
         if (out_dir / name).exists():
             shutil.rmtree(out_dir / name)  # stale files from a larger spec would be read as data
     # The formats draw from their own seeded streams, so they render in parallel, same bytes.
-    with ProcessPoolExecutor(max_workers=min(len(_WRITERS), os.cpu_count() or 1)) as pool:
+    with worker_pool(min(len(_WRITERS), os.cpu_count() or 1)) as pool:
         futures = {
             name: pool.submit(writer, out_dir / name, spec, progress)
             for name, writer in _WRITERS.items()
