@@ -1,7 +1,8 @@
 """`cxrdet predict` keeps finished chunks: a run killed after its first chunk resumes there
 (the chunk is not predicted again) and writes what an uninterrupted run writes; chunks of
 other options or other inputs are refused, not mixed in; a run stopped by a bad file under
---on-bad-files raise resumes under skip."""
+--on-bad-files raise resumes under skip, and a rejected image stored under skip stops a
+run resumed under raise."""
 
 from __future__ import annotations
 
@@ -114,3 +115,21 @@ def test_a_run_stopped_by_a_bad_file_resumes_under_skip(bundle, folder, images, 
     assert "resuming: 2 of 3 chunks done" in capsys.readouterr().err
     assert sorted(pd.read_csv(out)["patientId"]) == sorted(images)
     assert list(pd.read_csv(tmp_path / "sub.rejected.csv")["image_id"]) == ["zz_blank"]
+
+
+def test_a_stored_rejected_image_stops_a_run_resumed_under_raise(
+    bundle, folder, tmp_path, monkeypatch, capsys
+):  # noqa: F811
+    bad = folder / "!bad.png"  # sorts first: in the stored chunk
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    out = tmp_path / "sub.csv"
+    with monkeypatch.context() as patch:
+        watch_loads(patch, die_at=2)
+        with pytest.raises(KeyboardInterrupt):
+            predict(bundle, folder, out, "--checkpoint-every", "2", "--on-bad-files", "skip")
+    capsys.readouterr()
+    calls = watch_loads(monkeypatch)
+    assert predict(bundle, folder, out, "--checkpoint-every", "2") == 2
+    assert f"{bad}: " in capsys.readouterr().err
+    assert calls == []  # refused from the stored chunk, before predicting anything
+    assert not out.exists()
