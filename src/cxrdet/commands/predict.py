@@ -19,6 +19,13 @@ cached the training images.
 predicted and written, the rejected ones listed with their reasons in <out>.rejected.csv
 next to the submission (prepare's rejected.csv columns), and the exit code is 2 when more
 than --max-rejected-fraction of the images were rejected (default raise: the first stops it).
+
+Nothing finished is lost when a run is killed: every --checkpoint-every images, the finished
+chunk is stored in <out>.chunks/ next to the submission, and the same command run again
+resumes there, predicting only the chunks not stored. The submission is written once every
+chunk is done, then the folder is removed. Chunks of another model, input folder (a file
+added, removed or changed), --checkpoint-every, --chunk or device are refused, never mixed
+in: rerun as the folder was started, or remove it to start over (cxrdet.infer.checkpoints).
 """
 
 from __future__ import annotations
@@ -61,6 +68,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--chunk", type=int, default=64, help="images decoded and predicted together (memory bound)"
     )
     parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=256,
+        help="--engine local: images per chunk stored in <out>.chunks/, where a rerun resumes; "
+        "chunks of another model, input or options are refused (remove the folder to start over)",
+    )
+    parser.add_argument(
         "--on-bad-files",
         choices=("raise", "skip"),
         default="raise",
@@ -77,6 +91,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import math
     import os
     import sys
 
@@ -85,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     from cxrdet.data.prepare import check_rejected_fraction, rejected_table
     from cxrdet.errors import CxrdetError
     from cxrdet.formats import output_format
+    from cxrdet.infer.checkpoints import Checkpoints, identity, predict_checkpointed
     from cxrdet.infer.predictor import find_images
     from cxrdet.io import write_csv
     from cxrdet.paths import project_root
@@ -93,8 +109,9 @@ def run(args: argparse.Namespace) -> int:
 
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
-    if args.chunk < 1:
-        raise CxrdetError(f"--chunk must be a positive integer, got {args.chunk}")
+    for option, value in (("--chunk", args.chunk), ("--checkpoint-every", args.checkpoint_every)):
+        if value < 1:
+            raise CxrdetError(f"{option} must be a positive integer, got {value}")
     if args.engine == "spark":
         from cxrdet.serving.spark import predict_on_spark
 
@@ -111,18 +128,35 @@ def run(args: argparse.Namespace) -> int:
     fmt = args.format or predictor.spec.fmt
     rejected: list[tuple[str, Path, str]] | None = [] if args.on_bad_files == "skip" else None
     listing = rejected_path(args.out)
+    checkpoints = Checkpoints(
+        chunks_path(args.out),
+        identity(predictor, image_ids, paths, args.checkpoint_every, args.chunk),
+    )
+    if resumed := checkpoints.done():
+        total = math.ceil(len(paths) / args.checkpoint_every)
+        print(
+            f"resuming: {resumed} of {total} chunks done in {checkpoints.directory}",
+            file=sys.stderr,
+        )
     try:
         with tqdm(total=len(paths), desc="predict", unit="img", disable=not args.progress) as bar:
-            result = predictor.predict(
-                paths, image_ids, chunk=args.chunk, progress=bar.update, rejected=rejected
+            boxes = predict_checkpointed(
+                predictor,
+                paths,
+                image_ids,
+                checkpoints,
+                args.checkpoint_every,
+                args.chunk,
+                bar.update,
+                rejected,
             )
     finally:  # even when nothing could be read: the list says why
         if rejected is not None:
             write_csv(rejected_table(rejected), listing)
     skipped = {image_id for image_id, _, _ in rejected or []}
     kept = [image_id for image_id in image_ids if image_id not in skipped]
-    boxes = result.boxes
     output_format(fmt).write_submission(boxes, args.out, predictor.spec.class_names, kept)
+    checkpoints.remove()  # only once the submission is in place (written atomically)
     print(f"{len(kept)} images, {len(boxes)} boxes -> {args.out} ({fmt})", file=sys.stderr)
     if rejected is not None:
         print(f"{len(rejected)} images rejected -> {listing}", file=sys.stderr)
@@ -140,3 +174,8 @@ def run(args: argparse.Namespace) -> int:
 def rejected_path(out: Path) -> Path:
     """<out>.rejected.csv next to the submission: the images --on-bad-files skip left out."""
     return out.with_name(f"{out.stem}.rejected.csv")
+
+
+def chunks_path(out: Path) -> Path:
+    """<out>.chunks/ next to the submission: the finished chunks of a run not yet complete."""
+    return out.with_name(f"{out.stem}.chunks")

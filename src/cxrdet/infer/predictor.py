@@ -315,22 +315,33 @@ class EnsemblePredictor:
         progress: Any = None,
         rejected: list[tuple[str, Path, str]] | None = None,
     ) -> Ensembled:
-        """Final boxes and classifier probabilities of the images, `chunk` images at a time
-        (bounded memory); `progress(n)` is called as each chunk's images are done. With a
+        """Final boxes and classifier probabilities of the images (see predict_chunks)."""
+        done = list(self.predict_chunks(paths, image_ids, chunk, progress, rejected))
+        if not done:
+            raise CxrdetError(f"no images to predict ({len(rejected or [])} unreadable)")
+        return Ensembled(
+            pd.concat([d.boxes for d in done], ignore_index=True),
+            pd.concat([d.probabilities for d in done]),
+        )
+
+    def predict_chunks(
+        self,
+        paths: Sequence[Path],
+        image_ids: Sequence[str],
+        chunk: int = 64,
+        progress: Any = None,
+        rejected: list[tuple[str, Path, str]] | None = None,
+    ) -> Iterator[Ensembled]:
+        """The images `chunk` at a time (bounded memory): one result per chunk that has a
+        readable image; `progress(n)` is called as each chunk's images are done. With a
         `rejected` list, unreadable images go there instead of stopping (see load_images)."""
-        boxes, probabilities = [], []
         for start in range(0, len(paths), chunk):
             part = slice(start, start + chunk)
             loaded = self.load_images(paths[part], image_ids[part], rejected)
             if len(loaded.images):
-                done = self.ensemble(self.predict_members(loaded))
-                boxes.append(done.boxes)
-                probabilities.append(done.probabilities)
+                yield self.ensemble(self.predict_members(loaded))
             if progress is not None:
                 progress(len(paths[part]))
-        if not boxes:
-            raise CxrdetError(f"no images to predict ({len(rejected or [])} unreadable)")
-        return Ensembled(pd.concat(boxes, ignore_index=True), pd.concat(probabilities))
 
 
 def find_images(directory: Path) -> Iterator[tuple[str, Path]]:
