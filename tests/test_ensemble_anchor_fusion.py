@@ -7,12 +7,8 @@ import math
 import pytest
 import torch
 
-from cxrdet.ensemble import (
-    AnchorFusionParams,
-    EnsembleInputError,
-    decode_fused,
-    fuse_anchor_outputs,
-)
+from cxrdet.ensemble import EnsembleInputError
+from cxrdet.ensemble.anchor_fusion import AnchorFusionParams, decode_fused, fuse_anchor_outputs
 from cxrdet.errors import ConfigError
 
 

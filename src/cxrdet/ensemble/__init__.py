@@ -1,13 +1,9 @@
 """Ensembling of per-view predictions: box fusion (WBF, 1st place vote merge, NMS,
 soft-NMS), the 2nd place's anchor-level fold fusion, box shrink and classifier gating,
-and the recipe chaining them (`apply_recipe`)."""
+and the recipe chaining them (`apply_recipe`). The anchor-level fusion needs torch: import it
+from `cxrdet.ensemble.anchor_fusion`, so that the table-only users (tuning, reports) do not
+load torch."""
 
-from cxrdet.ensemble.anchor_fusion import (
-    AnchorFusionParams,
-    FusedDetections,
-    decode_fused,
-    fuse_anchor_outputs,
-)
 from cxrdet.ensemble.fusion import FUSERS, fuse_boxes, make_fuser
 from cxrdet.ensemble.gating import GATES, drop_below, gate_boxes, make_gate
 from cxrdet.ensemble.recipe import (
@@ -33,20 +29,16 @@ __all__ = [
     "FUSERS",
     "GATES",
     "SHRINK_FACTOR",
-    "AnchorFusionParams",
     "EnsembleInputError",
     "EnsembleRecipe",
     "Ensembled",
-    "FusedDetections",
     "Fusion",
     "Gating",
     "MemberPredictions",
     "apply_recipe",
     "class_columns",
-    "decode_fused",
     "drop_below",
     "first_views",
-    "fuse_anchor_outputs",
     "fuse_boxes",
     "gate_boxes",
     "image_probabilities",
