@@ -187,12 +187,13 @@ def test_out_of_fold_auc_shows_real_learning(tmp_path):
 
     from prepared_demo import prepare_project
 
+    demo = load_params(ROOT / "params.yaml").synthesize  # the demo's RSNA and NIH data
     spec = DemoSpec(
-        seed=2018,
-        image_size=256,
-        rsna_images=120,
+        seed=demo.seed,
+        image_size=demo.image_size,
+        rsna_images=demo.rsna_images,
         vinbigdata_images=8,
-        nih_images=160,
+        nih_images=demo.nih_images,
         folder_images=4,
     )
     synthesize(tmp_path / "raw", spec, progress=False)
