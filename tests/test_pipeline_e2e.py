@@ -221,3 +221,12 @@ def test_a_fold_stage_killed_mid_training_resumes_on_the_next_repro(clone, tmp_p
             )
         ]
     assert statuses[-3:] == ["KILLED", "KILLED", "FINISHED"] and "RUNNING" not in statuses
+
+
+def test_the_demo_detector_learns(clone):
+    """Issue 21's bar for the demo (its fixed seeds): the detector alone, out of fold."""
+    root, _ = clone
+    metrics = json.loads((root / "results/detector/metrics.json").read_text())
+    assert metrics["oof_rsna_score"] >= 0.3, metrics["oof_rsna_score"]
+    assert metrics["oof_map"] >= 0.5, metrics["oof_map"]
+    assert metrics["oof_rsna_score"] > metrics["baseline"]["oof_rsna_score"] + 0.2
