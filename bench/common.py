@@ -210,7 +210,8 @@ def in_child(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Measure
     process.join()
     if status != "ok":
         raise RuntimeError(
-            f"{function.__name__} failed in its spawned process (exit {process.exitcode}):\n{payload}"
+            f"{function.__name__} failed in its spawned process (exit {process.exitcode}):"
+            f"\n{payload}"
         )
     return Measured(**payload)
 

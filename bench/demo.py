@@ -119,7 +119,9 @@ def rows(timing: dict[str, Any], seeds: list[dict[str, float]]) -> list[Row]:
             timing["stages"],
             "s",
             target="<= 1.5x",
-            note=f"load average {timing['load_before']:.1f} before, {timing['load_after']:.1f} after",
+            note=(
+                f"load average {timing['load_before']:.1f} before, {timing['load_after']:.1f} after"
+            ),
         )
     ]
     if not seeds:

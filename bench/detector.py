@@ -329,7 +329,8 @@ def stock_two_stage(name: str, size: int, width: int) -> StockFasterRCNN:
 def two_stage_rates(
     name: str, size: int, batch: int, width: int, iterations: int, device: torch.device
 ) -> dict[str, float]:
-    """Training and inference images/s of our two-stage detector (deformable on, off) and the stock Faster R-CNN."""
+    """Training and inference images/s of our two-stage detector (deformable on, off) and the stock
+    Faster R-CNN."""
     images, boxes = synthetic_batch(batch, size)
     boxes = [b.to(device) for b in boxes]
     normalised = ((images - PIXEL_MEAN) / PIXEL_STD).to(device)
@@ -482,8 +483,8 @@ def main() -> None:
     modes = args.modes or (list(MODES) if cuda else ["fp32"])
     if not cuda and args.modes is None:
         notes.append(
-            "AMP and channels_last rows skipped: no CUDA device (the training loop runs fp32 on CPU); "
-            "--modes amp channels_last forces them on CPU (bf16 autocast, NHWC)"
+            "AMP and channels_last rows skipped: no CUDA device (the training loop runs fp32 on "
+            "CPU); --modes amp channels_last forces them on CPU (bf16 autocast, NHWC)"
         )
     shape = (name, size, batch, width, iterations, device.type)
 
@@ -544,8 +545,11 @@ def main() -> None:
                     trained,
                     "img/s",
                     target=">= 3x",
-                    note=f"the training loader alone (PNG reads, augmentation, collation; {args.workers} "
-                    "workers) vs our training (P2 on): loading must never be the bottleneck",
+                    note=(
+                        "the training loader alone (PNG reads, augmentation, collation; "
+                        f"{args.workers} workers) vs our training (P2 on): loading must never be "
+                        "the bottleneck"
+                    ),
                 )
             )
             two_stage = two_stage_rates(*shape[:-1], device)
@@ -561,16 +565,17 @@ def main() -> None:
                         )
                     )
     notes.append(
-        "baselines: torchvision RetinaNet (P3-P7, same backbone, size, batch) for train/infer; torchvision "
-        "Faster R-CNN (same body, anchors, proposals, head) for 2-stage; training rows each ran in a spawned "
-        "process (peak RSS ours / stock)"
+        "baselines: torchvision RetinaNet (P3-P7, same backbone, size, batch) for train/infer; "
+        "torchvision Faster R-CNN (same body, anchors, proposals, head) for 2-stage; training rows "
+        "each ran in a spawned process (peak RSS ours / stock)"
     )
     gpu = f" ({torch.cuda.get_device_name(device)})" if cuda else ""
     emit(
         Report(
             "detector",
             f"{name}, {size} px, batch {batch}, FPN/head width {width}, {device.type}{gpu}, "
-            f"{torch.get_num_threads()} CPU threads, loader workers {args.workers}, modes {' '.join(modes)}",
+            f"{torch.get_num_threads()} CPU threads, loader workers {args.workers}, "
+            f"modes {' '.join(modes)}",
             rows,
             notes,
         ),

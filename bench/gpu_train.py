@@ -668,8 +668,8 @@ def main() -> None:
     notes = []
     if not cuda and not quick:
         notes.append(
-            "no CUDA device: nothing measured (run on a GPU machine: bench/gpu_check.sh); --quick is "
-            "the CPU smoke run"
+            "no CUDA device: nothing measured (run on a GPU machine: bench/gpu_check.sh); "
+            "--quick is the CPU smoke run"
         )
         emit(
             Report(
@@ -800,8 +800,8 @@ def main() -> None:
             knobs[item.label] = measure
             details["knobs"].append(asdict(measure))
             print(
-                f"knobs: {item.label}: {measure.img_s or 0:.1f} img/s, {measure.gpu_mem_gib or 0:.1f} GiB "
-                f"{measure.error}",
+                f"knobs: {item.label}: {measure.img_s or 0:.1f} img/s, "
+                f"{measure.gpu_mem_gib or 0:.1f} GiB {measure.error}",
                 flush=True,
             )
             save()
@@ -879,7 +879,8 @@ def main() -> None:
             )
             details["two_stage"] = asdict(two_stage)
             print(
-                f"two-stage: {two_stage.img_s or 0:.1f} img/s train, {two_stage.extra} {two_stage.error}",
+                f"two-stage: {two_stage.img_s or 0:.1f} img/s train, "
+                f"{two_stage.extra} {two_stage.error}",
                 flush=True,
             )
             save()
@@ -974,7 +975,10 @@ def main() -> None:
                 GOAL,
                 "img/s",
                 target=">= 1.0x",
-                note=f"baseline: the issue's goal, {GOAL:.0f} img/s at 512 px (se_resnext50-class backbone)",
+                note=(
+                    f"baseline: the issue's goal, {GOAL:.0f} img/s at 512 px "
+                    "(se_resnext50-class backbone)"
+                ),
             )
         )
     for label, measure in folds.items():
@@ -1008,7 +1012,10 @@ def main() -> None:
                 steady,
                 "img/s",
                 target=">= 3x",
-                note=f"workers {', '.join(details['loader'])}: the fastest; baseline: the faster fold run",
+                note=(
+                    f"workers {', '.join(details['loader'])}: the fastest; "
+                    "baseline: the faster fold run"
+                ),
             )
         )
     whole = breakdown.get(whole_step.label)
@@ -1036,8 +1043,9 @@ def main() -> None:
         f"{profile_deterministic}); GPU memory and epochs: --details JSON"
     )
     context = (
-        f"profile {details['profile']}, {backbone} (goal: {goal_backbone}), {size} px, batch {batch}, "
-        f"{device.type}{' (' + info['gpu'] + ')' if cuda else ''}, torch {torch.__version__}"
+        f"profile {details['profile']}, {backbone} (goal: {goal_backbone}), {size} px, "
+        f"batch {batch}, {device.type}{' (' + info['gpu'] + ')' if cuda else ''}, "
+        f"torch {torch.__version__}"
     )
     emit(Report("gpu_train", context, rows, notes, info), args.json)
     print("\nconfiguration  img/s  GPU GiB (allocated / reserved)")

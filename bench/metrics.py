@@ -247,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         Report(
             "metrics",
             f"{n_images} images, {len(truth)} truth boxes, {len(predictions)} predictions, best of "
-            f"{repeat}; baseline: the per-pair Python loops above (same score checked); ratio = baseline / ours",
+            f"{repeat}; baseline: the per-pair Python loops above (same score checked); "
+            "ratio = baseline / ours",
             rows,
         ),
         args.json,

@@ -115,15 +115,18 @@ def main() -> None:
             target="~1.0x",
             ours_rss_mb=one.peak_rss_mb,
             baseline_rss_mb=few.peak_rss_mb,
-            note=f"1 worker, {count / one.seconds:.1f} vs {small / few.seconds:.1f} img/s; streamed: memory must "
-            "not grow with the number of images",
+            note=(
+                f"1 worker, {count / one.seconds:.1f} vs {small / few.seconds:.1f} img/s; "
+                "streamed: memory must not grow with the number of images"
+            ),
         ),
     ]
     emit(
         Report(
             "prepare",
-            f"{count} RSNA DICOMs {source_size} px -> {args.cache_size} px cache (memory: {count} vs "
-            f"{small} of them), {cores} cores; each prepare cold in a spawned process",
+            f"{count} RSNA DICOMs {source_size} px -> {args.cache_size} px cache "
+            f"(memory: {count} vs {small} of them), {cores} cores; "
+            "each prepare cold in a spawned process",
             rows,
         ),
         args.json,

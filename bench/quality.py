@@ -24,8 +24,9 @@ Prints, per system, VOC mAP at IoU 0.4 per class and over the classes on the hel
 images, the RSNA-style score (threshold from validation; and the optimistic best threshold on
 the held-out part, as the challenge's leaderboard-probing did), and ours / stock ratios.
 
-    python bench/quality.py [--quick] [--json OUT] [--budget CPU_S] [--size PX] [--families retinanet ...]
-                            [--set detector.p2=false ...] [--jobs N] [--seed N]
+    python bench/quality.py [--quick] [--json OUT] [--budget CPU_S] [--size PX]
+                            [--families retinanet ...] [--set detector.p2=false ...]
+                            [--jobs N] [--seed N]
     python bench/quality.py --ablations [--budget S] [--json OUT]   # one row per recipe change
 
 `--quick` is the few-minute run the tests use (a subset, short budget, 128 px).
@@ -584,7 +585,8 @@ class System:
 
 
 def run_system(system: System, parts: Parts, budget_s: float, workdir: Path) -> Scored:
-    """Train `system` on one CPU thread for the budget, score it on validation and held-out images."""
+    """Train `system` on one CPU thread for the budget, score it on validation and held-out
+    images."""
     runtime = start_runtime(TrainParams(threads=1, progress=False))
     workdir = workdir / system.name.replace(" ", "_")
     if system.stock:
@@ -626,7 +628,10 @@ def pair_rows(label: str, ours: Scored, stock: Scored, target: str) -> list[Row]
             stock.map,
             "mAP",
             target=target,
-            note=f"ours {ours.epochs:.3g} epochs in {ours.train_s:.0f} CPU-s, stock {stock.epochs:.3g} in {stock.train_s:.0f} CPU-s",
+            note=(
+                f"ours {ours.epochs:.3g} epochs in {ours.train_s:.0f} CPU-s, "
+                f"stock {stock.epochs:.3g} in {stock.train_s:.0f} CPU-s"
+            ),
         )
     ]
     rows += [
@@ -696,14 +701,16 @@ def main() -> None:
             args.data, size, workdir / "prepared", args.seed, 120 if args.quick else None
         )
         context = (
-            f"{args.data.name}: {len(parts.train)} train / {len(parts.val)} validation / {len(parts.holdout)} "
-            f"held-out images (patient-grouped, seed {args.seed}), {params.backbone} at {size} px from scratch, "
-            f"{budget:.0f} CPU-s of training per system, one CPU thread each, {args.jobs} at a time; mAP@0.4 = VOC AP at "
+            f"{args.data.name}: {len(parts.train)} train / {len(parts.val)} validation / "
+            f"{len(parts.holdout)} held-out images (patient-grouped, seed {args.seed}), "
+            f"{params.backbone} at {size} px from scratch, {budget:.0f} CPU-s of training per "
+            f"system, one CPU thread each, {args.jobs} at a time; mAP@0.4 = VOC AP at "
             "IoU 0.4 averaged over the box classes"
         )
         rows: list[Row] = []
         notes = [
-            f"recipe: {json.dumps(params.model_dump(include=set(RECIPE) | set(overrides)), default=str)}"
+            "recipe: "
+            f"{json.dumps(params.model_dump(include=set(RECIPE) | set(overrides)), default=str)}"
         ]
         families = args.families or (
             ["retinanet"] if args.quick or args.ablations else list(FAMILY_ROWS)
@@ -727,7 +734,10 @@ def main() -> None:
                         base.map,
                         one.map,
                         "mAP",
-                        note=f"RSNA {base.rsna:.3f} vs {one.rsna:.3f}; epochs {base.epochs:.3g} vs {one.epochs:.3g}",
+                        note=(
+                            f"RSNA {base.rsna:.3f} vs {one.rsna:.3f}; "
+                            f"epochs {base.epochs:.3g} vs {one.epochs:.3g}"
+                        ),
                     )
                     for one in ablated
                 ]

@@ -3,11 +3,12 @@
     python bench/run_all.py [--quick] [--only prepare metrics ...] [--json OUT]
 
 A bench script is any bench/*.py with a `__main__` block (so not this file, nor
-bench/common.py, nor the README renderer bench/readme.py). Scripts that accept `--json OUT` (they use bench/common.py's `arguments`
-and `emit`) join the table: what was measured, our figure, the baseline's figure from the
-same run on the same machine, the ratio, the target and peak RSS where measured. A script
-without `--json` still runs; its own output is printed under the table. A failing script is
-reported and the others still run; the exit status is then 1. Timings are never asserted.
+bench/common.py, nor the README renderer bench/readme.py). Scripts that accept `--json OUT`
+(they use bench/common.py's `arguments` and `emit`) join the table: what was measured, our
+figure, the baseline's figure from the same run on the same machine, the ratio, the target
+and peak RSS where measured. A script without `--json` still runs; its own output is printed
+under the table. A failing script is reported and the others still run; the exit status is
+then 1. Timings are never asserted.
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ def main() -> int:
         unknown = sorted(set(args.only) - {path.stem for path in chosen})
         if unknown:
             parser.error(
-                f"no bench script named {', '.join(unknown)}; found: {', '.join(p.stem for p in chosen)}"
+                f"no bench script named {', '.join(unknown)}; "
+                f"found: {', '.join(p.stem for p in chosen)}"
             )
         chosen = [path for path in chosen if path.stem in args.only]
     reports, raw, failed = [], [], []
@@ -114,8 +116,9 @@ def main() -> int:
             raw.append((script.stem, output))
     info = machine()
     print(
-        f"benchmarks{' (quick mode: smoke figures, not real ones)' if args.quick else ''}: {info['cpus']} CPUs, "
-        f"load average {os.getloadavg()[0]:.1f} at the end, {time.perf_counter() - start:.0f} s in all; "
+        f"benchmarks{' (quick mode: smoke figures, not real ones)' if args.quick else ''}: "
+        f"{info['cpus']} CPUs, load average {os.getloadavg()[0]:.1f} at the end, "
+        f"{time.perf_counter() - start:.0f} s in all; "
         f"baselines measured in the same run on the same machine"
     )
     for report in reports:
@@ -130,7 +133,8 @@ def main() -> int:
             print(f"note ({report.bench}): {note}")
     for name, output in raw:
         print(
-            f"\nbench/{name}.py does not write --json (not in the table); its output:\n{output.rstrip()}"
+            f"\nbench/{name}.py does not write --json (not in the table); its output:\n"
+            f"{output.rstrip()}"
         )
     for failure in failed:
         print(f"\nFAILED {failure}")

@@ -203,8 +203,10 @@ def main() -> None:
         for name, server, in_process in zip(("p50", "p95"), percentiles(served), percentiles(local))
     ]
     context = (
-        f"one {size} px DICOM per request ({frame['image'].str.len().iloc[0] / 1e6:.2f} MB base64), {requests} "
-        f"requests; model {args.model or 'untrained params.yaml ensemble'}; {torch.get_num_threads()} CPU threads"
+        f"one {size} px DICOM per request "
+        f"({frame['image'].str.len().iloc[0] / 1e6:.2f} MB base64), {requests} requests; "
+        f"model {args.model or 'untrained params.yaml ensemble'}; "
+        f"{torch.get_num_threads()} CPU threads"
     )
     emit(
         Report(

@@ -170,7 +170,8 @@ def main() -> None:
         Report(
             "tuning",
             f"one trial on {images} images of cached predictions ({len(VIEWS)} detector views, "
-            f"{CLASSIFIER_VIEWS} classifier views) vs the demo detector over the same views on {detected} images, "
+            f"{CLASSIFIER_VIEWS} classifier views) vs the demo detector over the same views on "
+            f"{detected} images, "
             f"{device.type}, {torch.get_num_threads()} CPU threads",
             [row],
         ),

@@ -1,5 +1,5 @@
-"""DVC stage `classifier_report` (dvc.yaml): its flow is cxrdet.stages.classifier_report.run; this script only parses
-its arguments and calls it."""
+"""DVC stage `classifier_report` (dvc.yaml): its flow is cxrdet.stages.classifier_report.run;
+this script only parses its arguments and calls it."""
 
 from __future__ import annotations
 

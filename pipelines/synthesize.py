@@ -1,5 +1,5 @@
-"""DVC stage `synthesize` (dvc.yaml): its flow is cxrdet.stages.synthesize.run; this script only parses
-its arguments and calls it."""
+"""DVC stage `synthesize` (dvc.yaml): its flow is cxrdet.stages.synthesize.run;
+this script only parses its arguments and calls it."""
 
 from __future__ import annotations
 

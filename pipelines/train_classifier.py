@@ -1,5 +1,5 @@
-"""DVC stage `train_classifier` (dvc.yaml): its flow is cxrdet.stages.train_classifier.run; this script only parses
-its arguments and calls it."""
+"""DVC stage `train_classifier` (dvc.yaml): its flow is cxrdet.stages.train_classifier.run;
+this script only parses its arguments and calls it."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""DVC stage `tune_ensemble` (dvc.yaml): its flow is cxrdet.stages.tune_ensemble.run; this script only parses
-its arguments and calls it."""
+"""DVC stage `tune_ensemble` (dvc.yaml): its flow is cxrdet.stages.tune_ensemble.run;
+this script only parses its arguments and calls it."""
 
 from __future__ import annotations
 

@@ -164,7 +164,8 @@ def set_params(root: Path, change) -> None:
 @pytest.fixture(scope="module")
 def clone(demo_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """The working tree in a fresh git repository with everything upstream of the final stage
-    written directly (prepared demo data, split, anchors, untrained fold models and their tables)."""
+    written directly (prepared demo data, split, anchors, untrained fold models and their
+    tables)."""
     from cxrdet.data.datasets import read_prepared
     from cxrdet.io import write_json
     from cxrdet.train.detector import detector_data, seeded_family
@@ -241,7 +242,8 @@ def test_disabled_then_enabled_final_detector_through_evaluate_register_and_pred
     assert json.loads((root / "results/evaluate/metrics.json").read_text())["detectors"] == "folds"
     by_folds = (root / "results/evaluate/submission.csv").read_text()
 
-    # Enabled: the final model trains; tuning stays on the out-of-fold predictions (not invalidated).
+    # Enabled: the final model trains; tuning stays on the out-of-fold predictions (not
+    # invalidated).
     set_params(root, lambda p: p["detector_final"].update(enabled=True))
     status = json.loads(dvc(root, env, "status", "--json").stdout)
     assert (

@@ -41,7 +41,8 @@ def test_stage_depends_on_exactly_the_code_it_imports(name: str) -> None:
     expected = expected_sources(name, stage)
     assert stage_script(stage["cmd"]) in stage["deps"]
     assert declared == expected, (
-        f"dvc.yaml stage {name}: missing {sorted(expected - declared)}, not imported {sorted(declared - expected)}"
+        f"dvc.yaml stage {name}: missing {sorted(expected - declared)}, "
+        f"not imported {sorted(declared - expected)}"
     )
 
 

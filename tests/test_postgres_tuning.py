@@ -47,7 +47,9 @@ def paced(*args, **kwargs):
 
 
 ensemble.score_recipe = paced
-tune = TuneEnsembleParams.model_validate({"trials": trials, "study": {"seed": 3, "startup_trials": 4, "storage": storage}})
+tune = TuneEnsembleParams.model_validate(
+    {"trials": trials, "study": {"seed": 3, "startup_trials": 4, "storage": storage}}
+)
 with stage_run("tune_ensemble", root=root, experiment="pg-tuning"):
     ensemble.tune_ensemble(data, POOR, tune, root / "unused.journal")
 """

@@ -29,8 +29,12 @@ def objective(trial):
     time.sleep(0.5)  # long enough for the two workers' trials to interleave
     return -(x - 0.5) ** 2
 
-study = open_study("shared", StudyParams(seed=int(sys.argv[2]), startup_trials=4), Path(sys.argv[1]),
-                   make_pruner(PrunerParams(name="none"), 1))
+study = open_study(
+    "shared",
+    StudyParams(seed=int(sys.argv[2]), startup_trials=4),
+    Path(sys.argv[1]),
+    make_pruner(PrunerParams(name="none"), 1),
+)
 run_trials(study, objective, int(sys.argv[3]))
 """
 

@@ -141,7 +141,10 @@ def test_relation_starts_as_identity_and_stays_within_each_image():
 def test_bad_two_stage_params_name_the_key():
     with pytest.raises(
         ConfigError,
-        match=r"detector\.two_stage: .*relation\.heads: 5 heads do not divide representation \(32\)",
+        match=(
+            r"detector\.two_stage: .*relation\.heads: 5 heads do not divide "
+            r"representation \(32\)"
+        ),
     ):
         params(relation={"heads": 5, "geometry_dim": 16})
     with pytest.raises(

@@ -1,6 +1,7 @@
 """`cxrdet predict`: a competition submission for a folder of images, by the ensemble.
 
-    cxrdet predict --model models:/cxrdet-rsna@champion --input stage_2_test_images/ --format rsna --out sub.csv
+    cxrdet predict --model models:/cxrdet-rsna@champion --input stage_2_test_images/ \\
+        --format rsna --out sub.csv
     cxrdet predict --run-dir . --input stage_2_test_images/ --format rsna --out submission.csv
     cxrdet predict --engine spark --model models:/cxrdet-rsna@champion --input images/ --out sub.csv
 
@@ -10,10 +11,11 @@ cxrdet.serving.spark: a folder or a table of image paths, spark-submit, clusters
 --model / --run-dir: a registered model (models:/<name>@<alias> or models:/<name>/<version>,
 from the project's MLflow store or MLFLOW_TRACKING_URI; an alias is resolved to its version
 first), any MLflow model URI or directory, a project after `dvc repro` (its fold models, or
-with detector_final.enabled its final detectors and fold classifiers; results/tuning/ensemble.json and the prepared cache settings) or a model directory holding
+with detector_final.enabled its final detectors and fold classifiers;
+results/tuning/ensemble.json and the prepared cache settings) or a model directory holding
 predictor.json. Every DICOM, PNG or JPEG under --input is one image; its id is its file name
-without extension (RSNA: the patientId). Images are decoded and windowed as `prepare`
-cached the training images.
+without extension (RSNA: the patientId). Images are decoded and windowed as `prepare` cached
+the training images.
 
 --on-bad-files skip: an unreadable or blank image does not stop the run; the others are
 predicted and written, the rejected ones listed with their reasons in <out>.rejected.csv

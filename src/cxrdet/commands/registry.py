@@ -93,9 +93,11 @@ def table(name: str, rows: list[dict[str, Any]]) -> str:
         auc = row["metrics"].get("auc")
         score = "n/a" if row["score"] is None else f"{row['score']:.4f}"
         lines.append(
-            f"{row['version']:>7}  {','.join(row['aliases']) or '-':<21} {row['metric'] or '-':<11} {score:>7} "
+            f"{row['version']:>7}  {','.join(row['aliases']) or '-':<21} "
+            f"{row['metric'] or '-':<11} {score:>7} "
             f"{'n/a' if auc is None else f'{auc:.3f}':>6}  {row['created']:<16}  "
-            f"{row['tags'].get('cxrdet.holdout_hash', '-'):<16}  {row['tags'].get('cxrdet.git_commit', '-')[:8]:<8}  "
+            f"{row['tags'].get('cxrdet.holdout_hash', '-'):<16}  "
+            f"{row['tags'].get('cxrdet.git_commit', '-')[:8]:<8}  "
             f"{row['gate'] or '-'}"
         )
     return "\n".join(lines)

@@ -1,9 +1,9 @@
 """Typed, validated params: params.yaml (optionally with a profile merged over it).
 
 Every knob of every stage lives in params.yaml, grouped by stage; each group's section
-is defined in this package's modules (data, training, detector, ensemble, tuning, register). Loading validates the
-whole file: an unknown key, a wrong type or an out-of-range value raises ConfigError
-naming the key (dotted path) and what is allowed.
+is defined in this package's modules (data, training, detector, ensemble, tuning, register).
+Loading validates the whole file: an unknown key, a wrong type or an out-of-range value raises
+ConfigError naming the key (dotted path) and what is allowed.
 """
 
 from __future__ import annotations
@@ -164,7 +164,8 @@ class Params(Section):
                 raise ValueError(f"pretrain.weights has no file for the backbones {missing}")
         if self.detector.weights == "imagenet" and not self.pretrain.allow_download:
             raise ValueError(
-                "detector.weights: 'imagenet' downloads timm weights: set pretrain.allow_download: true"
+                "detector.weights: 'imagenet' downloads timm weights: "
+                "set pretrain.allow_download: true"
             )
         return self
 
@@ -184,7 +185,8 @@ def _check_fold(info: ValidationInfo, folds: list[int]) -> None:
     missing = [fold for fold in folds if split and not 0 <= fold < split.folds]
     if missing:
         raise ValueError(
-            f"folds {missing} do not exist: split.folds={split.folds} makes folds 0-{split.folds - 1}"
+            f"folds {missing} do not exist: "
+            f"split.folds={split.folds} makes folds 0-{split.folds - 1}"
         )
 
 

@@ -103,7 +103,8 @@ class TwoStageParams(Section):
     name: str = Field(
         "two_stage", pattern=r"^[A-Za-z0-9_.-]+$"
     )  # the `model` column of its predictions
-    # Backbone stages C<k> (stride 2^k) whose 3x3 convs become deformable; 1st place: res5 = [5]; [] off.
+    # Backbone stages C<k> (stride 2^k) whose 3x3 convs become deformable; 1st place: res5 = [5];
+    # [] off.
     deformable: list[int] = Field([5], max_length=8)
     representation: int = Field(1024, ge=8)  # width of the box head's two fc layers
     relation: RelationParams = RelationParams()
@@ -128,15 +129,16 @@ class TwoStageParams(Section):
         heads = self.relation.heads
         if heads and self.representation % heads:
             raise ValueError(
-                f"relation.heads: {heads} heads do not divide representation ({self.representation}): "
-                "each head attends with representation / heads channels"
+                f"relation.heads: {heads} heads do not divide representation "
+                f"({self.representation}): each head attends with representation / heads channels"
             )
         return self
 
 
 class DetectorParams(Section):
-    """Fold detectors (DVC stage train_detector@<fold>: every family of `families`) and their TTA predictions;
-    the top-level knobs are the RetinaNet's, and the backbone, FPN, image size, augmentation and TTA are shared."""
+    """Fold detectors (DVC stage train_detector@<fold>: every family of `families`) and their TTA
+    predictions; the top-level knobs are the RetinaNet's, and the backbone, FPN, image size,
+    augmentation and TTA are shared."""
 
     name: str = Field(
         "retinanet", pattern=r"^[A-Za-z0-9_.-]+$"
@@ -145,8 +147,9 @@ class DetectorParams(Section):
     backbone: str = Field(
         "resnet10t", min_length=1
     )  # any timm name; one input channel; features_only
-    # none: random init; pretrain: models/pretrained/<backbone>.pt of the pretrain stage (the backbone
-    # must be one of classifier.variants'); imagenet: timm's weights (a download: pretrain.allow_download).
+    # none: random init; pretrain: models/pretrained/<backbone>.pt of the pretrain stage (the
+    # backbone must be one of classifier.variants'); imagenet: timm's weights (a download:
+    # pretrain.allow_download).
     weights: Literal["none", "pretrain", "imagenet"] = "none"
     image_size: int = Field(128, ge=32, le=2048)  # a multiple of the largest stride (P7)
     p2: bool = True  # FPN level P2 (stride 4) for small boxes (2nd place)
@@ -172,7 +175,8 @@ class DetectorParams(Section):
     optim: OptimParams = OptimParams()
     decode: DecodeParams = DecodeParams()
     tta: DetectorTtaParams = DetectorTtaParams()
-    # Detector families trained per fold by train_detector@<fold>; their boxes are fused by the ensemble.
+    # Detector families trained per fold by train_detector@<fold>; their boxes are fused by the
+    # ensemble.
     families: list[Literal["retinanet", "two_stage"]] = Field(["retinanet"], min_length=1)
     two_stage: TwoStageParams = TwoStageParams()
 
@@ -182,11 +186,13 @@ class DetectorParams(Section):
             raise ValueError(f"families must be unique (got {self.families})")
         if "two_stage" in self.families and self.two_stage.name == self.name:
             raise ValueError(
-                f"two_stage.name must differ from name ({self.name!r}): it tells their predictions apart"
+                f"two_stage.name must differ from name ({self.name!r}): "
+                "it tells their predictions apart"
             )
         if self.weights == "none" and (self.frozen_bn or self.freeze_encoder_epochs):
             raise ValueError(
-                "frozen_bn and freeze_encoder_epochs need loaded weights (weights: pretrain or imagenet)"
+                "frozen_bn and freeze_encoder_epochs need loaded weights "
+                "(weights: pretrain or imagenet)"
             )
         if len(set(self.folds)) != len(self.folds):
             raise ValueError(f"folds must be unique (got {self.folds})")
@@ -203,11 +209,11 @@ class DetectorFinalParams(Section):
     enabled: bool = (
         False  # false: the stage only writes a marker and everything uses the fold models
     )
-    # Epochs of every family's final training; null: per family, as its folds trained: the folds' mean
-    # best epoch (rounded up) when their optimisation followed the validation score (optim.patience > 0
-    # or a plateau schedule: the epoch count they really needed; without validation a plateau schedule
-    # never lowers the rate), else optim.epochs (a fixed schedule: the same learning-rate curve the
-    # folds were validated on, each epoch k/(k-1) as many images).
+    # Epochs of every family's final training; null: per family, as its folds trained: the folds'
+    # mean best epoch (rounded up) when their optimisation followed the validation score
+    # (optim.patience > 0 or a plateau schedule: the epoch count they really needed; without
+    # validation a plateau schedule never lowers the rate), else optim.epochs (a fixed schedule:
+    # the same learning-rate curve the folds were validated on, each epoch k/(k-1) as many images).
     epochs: int | None = Field(None, ge=1)
 
 

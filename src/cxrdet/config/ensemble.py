@@ -91,9 +91,9 @@ class TuneEnsembleParams(Section):
 
     enabled: bool = True  # false: results/tuning/ensemble.json holds params' `ensemble` as it is
     trials: int = Field(30, ge=1)  # finished trials (failed ones are recorded and do not count)
-    # The metric maximised (cxrdet.formats.resolve_objective): auto is the format's
-    # own (rsna: the RSNA score; vinbigdata: its mAP@0.4; folder, nih: VOC mAP@0.4), map or rsna
-    # choose one on any format. Under plain mAP the score thresholds are not searched (low end kept).
+    # The metric maximised (cxrdet.formats.resolve_objective): auto is the format's own (rsna: the
+    # RSNA score; vinbigdata: its mAP@0.4; folder, nih: VOC mAP@0.4), map or rsna choose one on any
+    # format. Under plain mAP the score thresholds are not searched (low end kept).
     objective: Literal["auto", "map", "rsna"] = "auto"
     search: EnsembleSearchParams = EnsembleSearchParams()
     study: StudyParams = StudyParams(startup_trials=10)

@@ -21,7 +21,8 @@ def fold_ids(split: pd.DataFrame, fold: int) -> list[str]:
 
 
 def training_ids(split: pd.DataFrame, fold: int | None) -> list[str]:
-    """The image ids of every fold but `fold` and the holdout (None: of every fold), in split order."""
+    """The image ids of every fold but `fold` and the holdout (None: of every fold), in split
+    order."""
     return split.loc[(split["fold"] != fold) & (split["fold"] != HOLDOUT), "image_id"].tolist()
 
 

@@ -182,7 +182,8 @@ def _rejected_table(tables: SourceTables, failures: dict[str, str]) -> pd.DataFr
 def write_sample_grid(
     images: pd.DataFrame, boxes: pd.DataFrame, out_dir: Path, count: int, seed: int
 ) -> Path:
-    """samples.png (absent when count is 0): cached images with their boxes, positives first so lesions are shown."""
+    """samples.png (absent when count is 0): cached images with their boxes, positives first so
+    lesions are shown."""
     path = out_dir / "samples.png"
     path.unlink(missing_ok=True)
     if count == 0 or images.empty:

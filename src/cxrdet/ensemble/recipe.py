@@ -235,7 +235,8 @@ def apply_recipe(
     unknown = np.setdiff1d(members["image_id"].unique(), probabilities.index)
     if recipe.gating.rule != "none" and len(unknown):
         raise EnsembleInputError(
-            f"the classifiers did not predict {len(unknown)} of the detectors' images, e.g. {unknown[0]!r}"
+            f"the classifiers did not predict {len(unknown)} of the detectors' images, "
+            f"e.g. {unknown[0]!r}"
         )
     if recipe.shrink != 1.0:
         fused = shrink_boxes(fused, recipe.shrink)

@@ -34,7 +34,8 @@ class FamilySettings:
     """A family's knobs in params, wherever its section keeps them."""
 
     family: str  # the family's key
-    name: str  # the `model` column of its predictions (params' detector.name, detector.two_stage.name)
+    # the `model` column of its predictions (params' detector.name, detector.two_stage.name)
+    name: str
     optim: OptimParams
     decode: DecodeConfig
     positives_only: bool  # train on images with boxes only

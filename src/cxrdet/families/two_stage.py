@@ -81,7 +81,8 @@ def task(
     global_head: bool,
     box_sizes: Callable[[], np.ndarray],
 ) -> TwoStageTask:
-    # No anchor warning: the RPN matches every box to its best anchor and the box head regresses again.
+    # No anchor warning: the RPN matches every box to its best anchor and the box head regresses
+    # again.
     return TwoStageTask(
         settings.decode, monitor=params.monitor, freeze_encoder_epochs=params.freeze_encoder_epochs
     )

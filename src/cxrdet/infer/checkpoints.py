@@ -104,7 +104,8 @@ class Checkpoints:
         )
         if differs:
             raise CxrdetError(
-                f"{self.directory}: chunks of another prediction (differing: {', '.join(differs)}); "
+                f"{self.directory}: chunks of another prediction "
+                f"(differing: {', '.join(differs)}); "
                 "rerun with the model, input and options it was started with, or remove the "
                 "folder to start over"
             )

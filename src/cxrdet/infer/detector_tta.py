@@ -168,7 +168,8 @@ def predict_views(
     runtime: TrainParams,
     context: DistContext | None = None,
 ) -> list[ViewPredictions]:
-    """Every view of every image through `model` (a detector of any family), sharded over DDP ranks."""
+    """Every view of every image through `model` (a detector of any family), sharded over DDP
+    ranks."""
     if len(images) == 0:
         return [ViewPredictions(view, [], [], [], None) for view in views]
     results = []

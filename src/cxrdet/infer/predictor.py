@@ -117,7 +117,8 @@ def project_spec(root: Path) -> PredictorSpec:
 
 def final_detectors(root: Path, params: Params) -> list[str]:
     """The final model of every family of detector.families (detector_final.enabled: they replace
-    the fold models); CxrdetError naming the stage when train_detector_final has not written them."""
+    the fold models); CxrdetError naming the stage when train_detector_final has not written
+    them."""
     marker = root / DETECTOR_FINAL_MODELS / FINAL_MARKER
     files = [
         f"{DETECTOR_FINAL_MODELS}/{get_family(family).model_file}"
@@ -127,8 +128,8 @@ def final_detectors(root: Path, params: Params) -> list[str]:
     missing = [name for name in files if not (root / name).is_file()]
     if not written.get("enabled") or missing:
         raise CxrdetError(
-            f"{marker}: detector_final.enabled is true but the final models {missing or files} are not "
-            "trained; run `dvc repro train_detector_final`"
+            f"{marker}: detector_final.enabled is true but the final models "
+            f"{missing or files} are not trained; run `dvc repro train_detector_final`"
         )
     return files
 
@@ -152,7 +153,8 @@ def save_bundle(spec: PredictorSpec, source: Path, out_dir: Path) -> Path:
     moved: dict[str, list[str]] = {"classifiers": [], "detectors": []}
     for kind, paths in (("classifiers", spec.classifiers), ("detectors", spec.detectors)):
         for relative in paths:
-            # models/<family>/fold<k>/<file>: keep <family>/fold<k>/<file>, unique per fold and variant
+            # models/<family>/fold<k>/<file>: keep <family>/fold<k>/<file>, unique per fold and
+            # variant
             target = Path(*Path(relative).parts[-3:])
             (out_dir / target).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(Path(source) / relative, out_dir / target)
@@ -199,7 +201,8 @@ class EnsemblePredictor:
         ]
         if not self.detectors:
             raise CxrdetError(f"{directory}: the predictor lists no detector")
-        # The sqrt rule reads P(not normal) from classifiers of the image labels (p_<label> columns).
+        # The sqrt rule reads P(not normal) from classifiers of the image labels (p_<label>
+        # columns).
         self.class_names = {
             c["variant"]: list(c["class_names"])
             for _, c in self.classifiers

@@ -61,7 +61,8 @@ class AnchorConfig:
         return {name: list(values) for name, values in asdict(self).items()}
 
     def check(self, key: str = "anchors") -> None:
-        """ConfigError naming `key`.<field> for an empty list or a non-positive or non-finite value."""
+        """ConfigError naming `key`.<field> for an empty list or a non-positive or non-finite
+        value."""
         for name, values in asdict(self).items():
             if not values:
                 raise ConfigError(f"{key}.{name}: must list at least one value")
@@ -96,7 +97,8 @@ class StridedAnchorGenerator(AnchorGenerator):
     def __init__(self, config: AnchorConfig, strides: Sequence[int]) -> None:
         if len(config.sizes) != len(strides):
             raise ConfigError(
-                f"anchors.sizes: {len(config.sizes)} sizes for {len(strides)} pyramid levels (strides {list(strides)})"
+                f"anchors.sizes: {len(config.sizes)} sizes for {len(strides)} pyramid levels "
+                f"(strides {list(strides)})"
             )
         sizes = tuple(tuple(size * scale for scale in config.scales) for size in config.sizes)
         super().__init__(sizes, (config.ratios,) * len(sizes))
@@ -153,9 +155,9 @@ def warn_unmatchable(
     small = int((box_wh.min(axis=1) < limit).sum()) if len(box_wh) else 0
     if small:
         warnings.warn(
-            f"{small} of {len(box_wh)} {what} have a side under {limit:.1f} px, the smallest the smallest anchor "
-            f"({min(config.sizes) * min(config.scales):.1f} px) matches at IoU {fg_iou}: add a finer level "
-            "(detector.p2), smaller anchor sizes, or run tune_anchors",
+            f"{small} of {len(box_wh)} {what} have a side under {limit:.1f} px, the smallest the "
+            f"smallest anchor ({min(config.sizes) * min(config.scales):.1f} px) matches at IoU "
+            f"{fg_iou}: add a finer level (detector.p2), smaller anchor sizes, or run tune_anchors",
             AnchorWarning,
             stacklevel=2,
         )
@@ -170,15 +172,15 @@ def resolve_anchors(
         config = AnchorConfig.from_dict(tuned.get("anchors", {}), key=tuned_key)
         if len(config.sizes) != len(strides):
             raise ConfigError(
-                f"{tuned_key}: anchors tuned for {len(config.sizes)} levels, the detector has {len(strides)} "
-                "(detector.p2 changed?); rerun tune_anchors"
+                f"{tuned_key}: anchors tuned for {len(config.sizes)} levels, the detector has "
+                f"{len(strides)} (detector.p2 changed?); rerun tune_anchors"
             )
         return config
     if anchors.sizes is not None:
         if len(anchors.sizes) != len(strides):
             raise ConfigError(
-                f"detector.anchors.sizes: {len(anchors.sizes)} sizes for {len(strides)} pyramid levels "
-                f"(strides {list(strides)})"
+                f"detector.anchors.sizes: {len(anchors.sizes)} sizes for {len(strides)} "
+                f"pyramid levels (strides {list(strides)})"
             )
         return AnchorConfig(tuple(anchors.sizes), tuple(anchors.scales), tuple(anchors.ratios))
     return anchors_from_base(anchors.base_size, strides, anchors.scales, anchors.ratios)

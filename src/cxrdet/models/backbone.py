@@ -171,7 +171,8 @@ def backbone_source(
         path = pretrained_dir / f"{params.backbone}.pt"
         if not path.is_file():
             raise ConfigError(
-                f"detector.weights: {path} not found; the pretrain stage writes it for the backbones of classifier.variants"
+                f"detector.weights: {path} not found; the pretrain stage writes it for the "
+                "backbones of classifier.variants"
             )
         return {"pretrained_path": path}
     if params.weights == "imagenet":

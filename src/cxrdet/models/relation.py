@@ -27,7 +27,8 @@ def check_relation(dim: int, heads: int, geometry_dim: int, key: str) -> None:
     positive multiple of 8 (4 geometric features x sin and cos x frequencies)."""
     if heads < 1 or dim % heads:
         raise ConfigError(
-            f"{key}.heads: {heads} heads do not divide the box head's {dim} channels (representation)"
+            f"{key}.heads: {heads} heads do not divide the box head's {dim} channels "
+            "(representation)"
         )
     if geometry_dim < 8 or geometry_dim % 8:
         raise ConfigError(f"{key}.geometry_dim: {geometry_dim} is not a positive multiple of 8")

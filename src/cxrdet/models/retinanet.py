@@ -187,7 +187,8 @@ def pyramid_levels(
     used = 4 if p2 else 3
     if len(feature_info) < used:
         raise ConfigError(
-            f"{param_key}: the backbone has {len(feature_info)} feature levels; the FPN needs {used}"
+            f"{param_key}: the backbone has {len(feature_info)} feature levels; "
+            f"the FPN needs {used}"
         )
     levels = list(range(len(feature_info) - used, len(feature_info)))
     reductions = [int(feature_info.reduction()[i]) for i in levels]
@@ -238,7 +239,8 @@ class RetinaNet(nn.Module):
 
     @property
     def max_stride(self) -> int:
-        """P7's stride: training inputs are multiples of it, so every level tiles the image exactly."""
+        """P7's stride: training inputs are multiples of it, so every level tiles the image
+        exactly."""
         return self.strides[-1]
 
     @property
@@ -326,7 +328,8 @@ class RetinaNetLoss:
         labels: list[Tensor],
         image_labels: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, float]]:
-        """(total loss, its parts). `boxes[i]` (n_i, 4) xyxy input pixels, `labels[i]` (n_i,) class ids."""
+        """(total loss, its parts). `boxes[i]` (n_i, 4) xyxy input pixels, `labels[i]` (n_i,)
+        class ids."""
         anchors = outputs["anchors"].float()
         cls_logits, deltas = outputs["cls_logits"].float(), outputs["box_deltas"].float()
         matched = torch.stack([self.match(b, anchors) for b in boxes])  # (N, A)

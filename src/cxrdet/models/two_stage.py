@@ -218,7 +218,8 @@ class TwoStageDetector(nn.Module):
 
     @property
     def max_stride(self) -> int:
-        """P6's stride: training inputs are multiples of it, so every level tiles the image exactly."""
+        """P6's stride: training inputs are multiples of it, so every level tiles the image
+        exactly."""
         return self.body.strides[-1]
 
     @property
@@ -230,8 +231,8 @@ class TwoStageDetector(nn.Module):
         """ConfigError naming `key` unless `size` is a multiple of the largest stride (P6)."""
         if size % self.max_stride:
             raise ConfigError(
-                f"{key}: {size} is not a multiple of the two-stage detector's largest stride {self.max_stride} "
-                f"(P6 of {self.config.backbone!r})"
+                f"{key}: {size} is not a multiple of the two-stage detector's largest stride "
+                f"{self.max_stride} (P6 of {self.config.backbone!r})"
             )
 
     def freeze_encoder(self, frozen: bool) -> None:
@@ -250,7 +251,8 @@ class TwoStageDetector(nn.Module):
         targets: list[dict[str, Tensor]] | None = None,
         image_size: tuple[int, int] | None = None,
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
-        """`image_size`: the content of padded inputs (boxes are clipped to it); default the input size."""
+        """`image_size`: the content of padded inputs (boxes are clipped to it); default the input
+        size."""
         size = image_size or (int(images.shape[-2]), int(images.shape[-1]))
         image_list = ImageList(images, [size] * len(images))
         if targets is not None:  # torchvision's heads count class 0 as background
@@ -266,8 +268,8 @@ class TwoStageDetector(nn.Module):
         self, images: Tensor, image_size: tuple[int, int], config: DecodeConfig
     ) -> tuple[list[Detections], None]:
         """Per image: boxes scoring above the floor after class-wise NMS, best `top_k`
-        (decode settings go to the RoI heads' post-processing; `candidates` is the RPN's `proposals`);
-        no global head, so no image-class probabilities."""
+        (decode settings go to the RoI heads' post-processing; `candidates` is the RPN's
+        `proposals`); no global head, so no image-class probabilities."""
         heads = self.roi_heads
         heads.score_thresh, heads.nms_thresh, heads.detections_per_img = (
             config.score_floor,
@@ -289,7 +291,8 @@ def load_two_stage(path: Path) -> tuple[TwoStageDetector, dict[str, Any]]:
 def build_two_stage(
     params: DetectorParams, num_classes: int, weights: dict[str, Any] | None = None
 ) -> TwoStageDetector:
-    """The two-stage detector of params' detector.two_stage on detector.backbone (same weights source)."""
+    """The two-stage detector of params' detector.two_stage on detector.backbone (same weights
+    source)."""
     two_stage = params.two_stage
     backbone = create_detector_backbone(
         params.backbone, param_key="detector.backbone", **(weights or {})
@@ -299,8 +302,8 @@ def build_two_stage(
     anchors = two_stage.anchors
     if anchors.sizes is not None and len(anchors.sizes) != len(rpn_strides):
         raise ConfigError(
-            f"detector.two_stage.anchors.sizes: {len(anchors.sizes)} sizes for {len(rpn_strides)} RPN levels "
-            f"(strides {list(rpn_strides)})"
+            f"detector.two_stage.anchors.sizes: {len(anchors.sizes)} sizes for "
+            f"{len(rpn_strides)} RPN levels (strides {list(rpn_strides)})"
         )
     config = TwoStageConfig(
         backbone=params.backbone,

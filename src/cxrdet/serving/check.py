@@ -42,7 +42,8 @@ def comparable(boxes: pd.DataFrame, fmt: str, image_ids: Sequence[str]) -> pd.Da
 
 
 def box_difference(found: pd.DataFrame, expected: pd.DataFrame) -> str | None:
-    """None when both tables hold the same boxes per image (within float noise), else what differs."""
+    """None when both tables hold the same boxes per image (within float noise), else what
+    differs."""
     key = ["image_id", "score", "x", "y"]
     a, b = (
         t.assign(image_id=t["image_id"].astype(str))
@@ -53,7 +54,10 @@ def box_difference(found: pd.DataFrame, expected: pd.DataFrame) -> str | None:
     counts = a.groupby("image_id").size().sub(b.groupby("image_id").size(), fill_value=0)
     if (counts != 0).any():
         image_id = counts[counts != 0].index[0]
-        return f"image {image_id!r}: {int((a['image_id'] == image_id).sum())} boxes, expected {int((b['image_id'] == image_id).sum())}"
+        return (
+            f"image {image_id!r}: {int((a['image_id'] == image_id).sum())} boxes, "
+            f"expected {int((b['image_id'] == image_id).sum())}"
+        )
     pixels = np.abs(
         a[["x", "y", "w", "h"]].to_numpy(float) - b[["x", "y", "w", "h"]].to_numpy(float)
     ).max(initial=0.0)

@@ -144,7 +144,8 @@ def _decoded(encoded: Any, stem: Path, where: str) -> Path:
     suffix = image_suffix(data)
     if suffix is None:
         raise ModelInputError(
-            f"{where}, column {IMAGE}: not a DICOM, PNG or JPEG file ({len(data)} bytes starting {data[:8]!r})"
+            f"{where}, column {IMAGE}: not a DICOM, PNG or JPEG file "
+            f"({len(data)} bytes starting {data[:8]!r})"
         )
     file = stem.with_suffix(suffix)
     file.write_bytes(data)

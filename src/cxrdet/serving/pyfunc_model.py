@@ -7,9 +7,11 @@ returns one row per image:
 
     image_id          as given
     boxes             [{x, y, w, h, score, class_id, class_name}], original pixels, best first
-    probability       the classifiers' P(opacity) (VinBigData: P(abnormal)); null without classifiers
+    probability       the classifiers' P(opacity) (VinBigData: P(abnormal)); null without
+                      classifiers
     PredictionString  the competition's string (rsna: `conf x y w h`..., vinbigdata: its
-                      layout with `14 1 0 0 1 1` for no box, other formats: the VinBigData box layout)
+                      layout with `14 1 0 0 1 1` for no box, other formats: the VinBigData box
+                      layout)
 
 Bad input raises MlflowException(INVALID_PARAMETER_VALUE) naming the row and column, which
 the scoring server answers with HTTP 400 and that message.

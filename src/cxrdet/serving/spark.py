@@ -4,17 +4,19 @@
     cxrdet predict --engine spark --spark-master 'local[*]' --model models:/cxrdet-rsna@champion \\
         --input images/ --out submission.csv
     spark-submit --master yarn "$(python -c 'import cxrdet.cli as c; print(c.__file__)')" predict \\
-        --engine spark --model models:/cxrdet-rsna@champion --input images.parquet --out submission.csv
+        --engine spark --model models:/cxrdet-rsna@champion --input images.parquet \\
+        --out submission.csv
 
 --input: a folder of DICOM/PNG/JPEG images (ids: file names), or a table (.parquet or .csv)
 with columns image_id and path. The paths must be readable where the executors run (a shared
 file system on a cluster); relative ones are taken against the current folder, and the model
-is loaded with its `path_root` at the paths' common folder (cxrdet.serving.path_root). --model: an MLflow model (models:/<name>@<alias> is resolved to
-its version on the driver, so every executor scores the same version). The driver reads the
-model's format and classes, Spark ships the model to the executors, each scores its
-partition's images in Arrow batches of --chunk rows in its own Python (env_manager local:
-cxrdet and its dependencies must be installed there). The boxes come back to the driver,
-which writes the submission with the writers `cxrdet predict` uses.
+is loaded with its `path_root` at the paths' common folder (cxrdet.serving.path_root).
+--model: an MLflow model (models:/<name>@<alias> is resolved to its version on the driver, so
+every executor scores the same version). The driver reads the model's format and classes,
+Spark ships the model to the executors, each scores its partition's images in Arrow batches of
+--chunk rows in its own Python (env_manager local: cxrdet and its dependencies must be
+installed there). The boxes come back to the driver, which writes the submission with the
+writers `cxrdet predict` uses.
 """
 
 from __future__ import annotations

@@ -108,7 +108,8 @@ def run(root: Path) -> None:
             mlflow.log_artifact(str(out / name))
     metrics = report.metrics
     print(
-        f"detector out-of-fold RSNA {metrics['oof_rsna_score']:.4f} (score >= {report.threshold}), holdout "
-        f"{metrics['holdout_rsna_score']:.4f}; mean-box baseline {metrics['baseline']['oof_rsna_score']:.4f} / "
+        f"detector out-of-fold RSNA {metrics['oof_rsna_score']:.4f} "
+        f"(score >= {report.threshold}), holdout {metrics['holdout_rsna_score']:.4f}; "
+        f"mean-box baseline {metrics['baseline']['oof_rsna_score']:.4f} / "
         f"{metrics['baseline']['holdout_rsna_score']:.4f} -> {out}"
     )

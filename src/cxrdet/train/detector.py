@@ -92,7 +92,8 @@ def train_detector(
 ) -> FitResult:
     """Train `model` (either family) on `train_ids`, validate on `val_ids` each epoch; `model`
     ends with the best epoch's weights (`val_ids` None: no validation, the last epoch's).
-    `epochs` overrides the family's optim.epochs. `identity` is what a resumable checkpoint must match."""
+    `epochs` overrides the family's optim.epochs. `identity` is what a resumable checkpoint must
+    match."""
     size = params.image_size
     record = family_of(model)
     settings = record.settings(params)
