@@ -8,7 +8,8 @@ registers a new version of `register.model_name` (e.g. cxrdet-rsna) tagged with 
 metrics, holdout/data/params hashes and git commit, aliased `challenger`. Alias `champion`
 moves to it only when its holdout metric beats the champion's by `register.min_delta` on
 the same holdout (cxrdet.tracking.registry.gate); the reason is logged either way.
-Writes results/register/register.json.
+Writes results/register/register.json (the version, its metric and the gate's decision; the
+run and git commit are on the version in MLflow).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def run(root: Path) -> None:
         params={"register": params.register.model_dump(), "model_name": name},
         tags={"cxrdet.dataset": "detect", **identity},
         tracking_uri=params.tracking.tracking_uri,
-    ) as run:
+    ):
         log_numeric(
             {key: value for key, value in metrics.items() if key != "ablation"}, prefix="holdout."
         )
@@ -96,20 +97,23 @@ def run(root: Path) -> None:
             "model_name": name,
             "version": int(version.version),
             "model_uri": f"models:/{name}/{version.version}",
-            "logged_model_uri": model.model_uri,
-            "run_id": run.info.run_id,
             "metric": metric,
             "score": metrics.get(metric),
             "promoted": decision.promote,
             "reason": decision.reason,
             "champion": None if champion is None else int(champion.version),
-            "tags": identity,
+            # Run ids and the git commit stay in MLflow: this DVC output is the same bytes
+            # wherever the same code and data are reproduced (the committed dvc.lock holds).
+            "tags": {k: v for k, v in identity.items() if k not in GIT_TAGS},
         }
     write_json(record, root / REGISTER)
     print(
         f"{name} version {version.version} ({metric} {metrics.get(metric)}) is challenger; "
         f"{'now champion' if decision.promote else 'not promoted'}: {decision.reason} -> {REGISTER}"
     )
+
+
+GIT_TAGS = ("cxrdet.git_commit", "cxrdet.git_dirty")
 
 
 def raw_paths(root: Path, params: Params, prepared: Prepared, image_ids: list[str]) -> list[Path]:
