@@ -34,7 +34,7 @@ demo: setup
 	@echo "Demo pipeline done."
 	@echo "  prepared data and cache: data/prepared/   folds: data/split/"
 	@echo "  metrics: results/ (also: $(VENV)/bin/dvc metrics show)"
-	@echo "  MLflow runs: mlruns/mlflow.db -> open the UI with 'make ui', then http://127.0.0.1:5000"
+	@echo "  MLflow runs: mlruns/mlflow.db -> 'make ui' serves the UI and prints the runs table's URL"
 
 # Style first (ruff lint + format, configured in pyproject.toml), then the tests.
 lint: setup
@@ -48,10 +48,9 @@ test: lint
 test-fast: lint
 	$(RUN) python -m pytest -m "not slow"
 
+# Prints the experiment's runs-table URL, then serves the UI on the project store.
 ui: setup
-	mkdir -p mlruns/artifacts
-	$(RUN) mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlruns/mlflow.db" \
-		--default-artifact-root "$(CURDIR)/mlruns/artifacts" --host 127.0.0.1 --port 5000
+	$(RUN) cxrdet ui --host 127.0.0.1 --port 5000
 
 # Every bench/*.py in its own process, one table (ours, baseline, ratio, target, peak RSS).
 # `make bench QUICK=1`: each script's --quick mode (seconds, smoke figures).

@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "cxrdet.commands.profile",
     "cxrdet.commands.registry",
     "cxrdet.commands.stage_times",
+    "cxrdet.commands.ui",
 ]
 
 
