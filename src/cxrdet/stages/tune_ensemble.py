@@ -102,8 +102,8 @@ def run(root: Path) -> None:
         write_study_plots(study, root / HTML, {kind: root / path for kind, path in PNGS.items()})
         log_numeric(
             {
-                f"best_{metric}": summary[metric],
-                f"untuned_{metric}": summary["untuned"][metric],
+                f"best_oof_{metric}": summary[metric],  # the recipe kept: tuned or untuned
+                f"untuned_oof_{metric}": summary["untuned"][metric],
                 "trials": summary.get("trials", {}),
             }
         )

@@ -15,6 +15,7 @@ import pandas as pd
 
 from cxrdet.io import atomic_path
 from cxrdet.metrics.classification import binary_metrics
+from cxrdet.tracking.runs import log_numeric
 
 
 def opacity_truth(images: pd.DataFrame, boxes: pd.DataFrame) -> pd.Series:
@@ -52,6 +53,14 @@ def summarize(tables: Mapping[str, pd.DataFrame], truth: pd.Series) -> dict:
         for model, rows in table.groupby("model", sort=True):
             summary["models"].setdefault(model, {}).update(_aucs(rows, truth, name))
     return summary
+
+
+def log_summary(summary: Mapping) -> None:
+    """A `summarize` table's numbers in MLflow, each variant's under its name
+    (`demo_label.oof.auc`, the naming scheme's model prefix); a fold number is a tag and a
+    param of the run, not a metric."""
+    models = summary.get("models", {})
+    log_numeric({k: v for k, v in summary.items() if k not in ("fold", "models")} | models)
 
 
 def roc_curves(

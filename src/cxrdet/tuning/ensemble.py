@@ -58,7 +58,14 @@ from cxrdet.errors import CxrdetError
 from cxrdet.formats import competition_score, metric_name, resolve_objective
 from cxrdet.io import atomic_path
 from cxrdet.paths import CLASSIFIER_FOLDS, DETECTOR_FOLDS
-from cxrdet.tuning.study import open_study, run_trials, study_name, trial_reason
+from cxrdet.tracking.runs import log_numeric
+from cxrdet.tuning.study import (
+    log_best_trial,
+    open_study,
+    run_trials,
+    study_name,
+    trial_reason,
+)
 
 COMPLETE, PRUNED, FAIL = TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL
 Spec = UnitRange | ShrinkRange | CountRange | Sequence[str]
@@ -329,7 +336,7 @@ def tune_ensemble(
         trial.set_user_attr("recipe", recipe.to_dict())
         value = score_recipe(data, recipe, objective)
         if mlflow.active_run() is not None:
-            mlflow.log_metric(metric, value)
+            log_numeric({f"oof_{metric}": value})  # trials score out-of-fold predictions
         return value
 
     # Optuna logs each failed trial with its traceback; the reasons are kept in the study, the
@@ -341,6 +348,7 @@ def tune_ensemble(
         tune.trials,
         tags={"cxrdet.stage": "tune_ensemble", "optuna.study": name},
         catch=(CxrdetError,),
+        label="ens-trial",
     )
     trials = study.get_trials(deepcopy=False)
     counts = {
@@ -355,6 +363,8 @@ def tune_ensemble(
             f"trial failures: {reasons[:3]}"
         )
     best = max(completed, key=lambda t: (t.value, -t.number)) if completed else None
+    if best is not None and mlflow.active_run() is not None:
+        log_best_trial(best)
     tuned = best is not None and (untuned is None or best.value >= untuned)
     recipe = base
     if tuned:
