@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import shutil
 
+import mlflow
+import optuna
+import pytest
 from mlflow import MlflowClient
 
 from cxrdet.cli import main
+from cxrdet.tracking.names import metric_key
+from cxrdet.tracking.runs import RUN_NAME_CHARS, nested_run_name
 from cxrdet.tracking.store import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, configure, ensure_experiment
+from cxrdet.tuning.study import log_best_trial, run_trials
 
 
 def test_the_experiment_is_declared_model_training_also_in_an_older_store(tmp_path):
@@ -26,3 +32,54 @@ def test_ui_prints_the_runs_table_url(tmp_path, capsys, project_root):
     experiment = MlflowClient().get_experiment_by_name("cxrdet")
     expected = f"http://127.0.0.1:5123/#/experiments/{experiment.experiment_id}/runs"
     assert capsys.readouterr().out.strip() == f"runs table: {expected}"
+
+
+@pytest.mark.parametrize(
+    ("logged", "column"),
+    [
+        ("holdout_rsna_score", "holdout.rsna_score"),  # a fold stage's holdout score ...
+        ("holdout.rsna_score", "holdout.rsna_score"),  # ... is evaluate's column
+        ("train_loss", "train.loss"),
+        ("best_val_rsna", "best.val.rsna"),
+        (
+            "test_resnet.val_auc.No Lung Opacity / Not Normal",
+            "test_resnet.val.auc.No_Lung_Opacity_Not_Normal",
+        ),
+        ("n_oof", "n_oof"),
+    ],
+)
+def test_one_metric_naming_scheme(logged, column):
+    assert metric_key(logged) == column
+
+
+def test_nested_run_names_are_short_and_tell_models_apart():
+    names = [
+        nested_run_name(model, suffix)
+        for model, suffix in [
+            ("inception_resnet_v2_256", "f3"),
+            ("inception_resnet_v2_320", "f3"),
+            ("demo_opacity", "f0"),
+            ("retinanet", "final"),
+        ]
+    ]
+    assert all(len(name) <= RUN_NAME_CHARS for name in names) and len(set(names)) == len(names)
+    assert names[2:] == ["demo_opacity f0", "retinanet final"]
+
+
+def test_a_study_run_names_its_trials_and_its_best_trial(tmp_path):
+    configure(tmp_path)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=1))
+
+    def objective(trial: optuna.Trial) -> float:
+        return trial.suggest_float("x", 0.0, 1.0)
+
+    mlflow.set_experiment(experiment_id=ensure_experiment("study", tmp_path))  # nested runs too
+    with mlflow.start_run() as parent:
+        run_trials(study, objective, 3, label="ens-trial")
+        log_best_trial(study.best_trial)
+    runs = mlflow.search_runs(experiment_names=["study"], output_format="list")
+    assert {run.info.run_name for run in runs} >= {"ens-trial-0", "ens-trial-1", "ens-trial-2"}
+    logged = mlflow.get_run(parent.info.run_id).data
+    assert logged.metrics["best_trial.number"] == study.best_trial.number
+    assert logged.metrics["best_trial.value"] == pytest.approx(study.best_value)
+    assert logged.params["best_trial.x"] == str(study.best_params["x"])
