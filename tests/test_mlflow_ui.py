@@ -80,6 +80,6 @@ def test_a_study_run_names_its_trials_and_its_best_trial(tmp_path):
     runs = mlflow.search_runs(experiment_names=["study"], output_format="list")
     assert {run.info.run_name for run in runs} >= {"ens-trial-0", "ens-trial-1", "ens-trial-2"}
     logged = mlflow.get_run(parent.info.run_id).data
-    assert logged.metrics["best_trial.number"] == study.best_trial.number
-    assert logged.metrics["best_trial.value"] == pytest.approx(study.best_value)
-    assert logged.params["best_trial.x"] == str(study.best_params["x"])
+    assert logged.metrics["best.trial.number"] == study.best_trial.number
+    assert logged.metrics["best.trial.value"] == pytest.approx(study.best_value)
+    assert logged.params["best.trial.x"] == str(study.best_params["x"])

@@ -173,10 +173,10 @@ def tracked(objective: Objective, tags: Mapping[str, str], label: str = "trial")
 
 def log_best_trial(trial: optuna.trial.FrozenTrial) -> None:
     """On the stage's run (the trials' parent): which trial won, with what params and value
-    (params `best_trial.<name>`, metrics `best_trial.number` and `best_trial.value`, the
+    (params `best.trial.<name>`, metrics `best.trial.number` and `best.trial.value`, the
     same columns for every study), so the study's run answers without opening its trials."""
-    mlflow.log_params({f"best_trial.{k}": str(v) for k, v in trial.params.items()})
-    log_numeric({"best_trial": {"number": trial.number, "value": trial.value}})
+    mlflow.log_params({f"best.trial.{k}": str(v) for k, v in trial.params.items()})
+    log_numeric({"best.trial": {"number": trial.number, "value": trial.value}})
 
 
 def _recording_failure(objective: Objective, trial: optuna.Trial) -> float:
