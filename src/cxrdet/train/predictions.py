@@ -17,6 +17,10 @@ from cxrdet.io import atomic_path
 from cxrdet.metrics.classification import binary_metrics
 from cxrdet.tracking.runs import log_numeric
 
+# A margin around [0, 1]: a perfect classifier's curve runs along TPR 1.0 and the left edge,
+# where the frame would hide it.
+ROC_LIMITS = (-0.02, 1.02)
+
 
 def opacity_truth(images: pd.DataFrame, boxes: pd.DataFrame) -> pd.Series:
     """1 when the image has at least one box, indexed by image_id."""
@@ -97,14 +101,14 @@ def plot_roc(curves: Mapping[str, tuple[pd.Series, pd.Series]], path: Path, titl
         y = truth.loc[score.index].to_numpy()
         fpr, tpr, _ = roc_curve(y, score.to_numpy())
         auc = binary_metrics(y, score.to_numpy()).roc_auc
-        axes.plot(fpr, tpr, label=f"{label} (AUC {auc:.3f}, n={len(y)})")
+        axes.plot(fpr, tpr, label=f"{label} (AUC {auc:.3f}, n={len(y)})", clip_on=False)
     axes.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
     axes.set(
         xlabel="false positive rate",
         ylabel="true positive rate",
         title=title,
-        xlim=(0, 1),
-        ylim=(0, 1.01),
+        xlim=ROC_LIMITS,
+        ylim=ROC_LIMITS,
     )
     axes.legend(loc="lower right", fontsize=7)
     figure.tight_layout()
