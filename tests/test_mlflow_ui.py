@@ -7,6 +7,7 @@ import shutil
 import mlflow
 import optuna
 import pytest
+import yaml
 from mlflow import MlflowClient
 
 from cxrdet.cli import main
@@ -83,3 +84,15 @@ def test_a_study_run_names_its_trials_and_its_best_trial(tmp_path):
     assert logged.metrics["best.trial.number"] == study.best_trial.number
     assert logged.metrics["best.trial.value"] == pytest.approx(study.best_value)
     assert logged.params["best.trial.x"] == str(study.best_params["x"])
+
+
+def test_dvc_plots_are_images_so_plots_show_needs_no_cdn(project_root):
+    """`dvc plots show` loads vega from a CDN for data plots (CSV, JSON); the project runs
+    offline, so its DVC plots are the PNGs its stages draw."""
+    stages = yaml.safe_load((project_root / "dvc.yaml").read_text())["stages"]
+    plots = [
+        next(iter(entry)) if isinstance(entry, dict) else entry
+        for stage in stages.values()
+        for entry in stage.get("do", stage).get("plots", [])
+    ]
+    assert plots and all(path.endswith(".png") for path in plots), plots
