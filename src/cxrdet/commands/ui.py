@@ -1,6 +1,6 @@
 """`cxrdet ui`: the MLflow UI on the project's store, opened on the runs table.
 
-    cxrdet ui [--host 127.0.0.1] [--port 5000] [--print-url]
+    cxrdet ui [--host 127.0.0.1] [--port 5000] [--workers 1] [--print-url]
 
 Prints the URL of the experiment's runs table (params' tracking.experiment), then runs
 `mlflow ui` on the project store (`make ui`). With MLFLOW_TRACKING_URI pointing at a
@@ -21,6 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(subparsers, "ui", "the MLflow UI, opened on the runs table", __doc__, run)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--workers", type=int, default=1, help="server processes (one user: 1)")
     parser.add_argument("--print-url", action="store_true", help="print the URL, start nothing")
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="project root (params.yaml)")
 
@@ -51,5 +52,6 @@ def run(args: argparse.Namespace) -> int:
     mlflow = str(Path(sys.executable).with_name("mlflow"))  # this environment's MLflow
     command = [mlflow, "ui", "--backend-store-uri", uri]
     command += ["--default-artifact-root", str(artifact_root(root))]
-    os.execv(mlflow, [*command, "--host", args.host, "--port", str(args.port)])
+    command += ["--host", args.host, "--port", str(args.port), "--workers", str(args.workers)]
+    os.execv(mlflow, command)
     return 0  # not reached: the process is mlflow's now
