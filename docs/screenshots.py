@@ -71,7 +71,7 @@ def main(base: str, experiment: str = "cxrdet", model: str = "cxrdet-rsna") -> N
         "experiment"
     ]["experiment_id"]
     runs = f"{base}/#/experiments/{experiment_id}/runs"
-    shoot(runs, DOCS / "ui-runs.png")
+    shoot(f"{runs}?workflowType=machine_learning", DOCS / "ui-runs.png")
     shoot(f"{runs}/{run_id(base, experiment_id, 'train_detector@0')}", DOCS / "ui-training-run.png")
     shoot(f"{runs}/{run_id(base, experiment_id, 'tune_ensemble')}", DOCS / "ui-tuning-run.png")
     shoot(f"{base}/#/models/{model}", DOCS / "ui-registry.png")

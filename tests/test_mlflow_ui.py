@@ -31,7 +31,8 @@ def test_ui_prints_the_runs_table_url(tmp_path, capsys, project_root):
     shutil.copy(project_root / "params.yaml", tmp_path)
     assert main(["ui", "--print-url", "--port", "5123", "--root", str(tmp_path)]) == 0
     experiment = MlflowClient().get_experiment_by_name("cxrdet")
-    expected = f"http://127.0.0.1:5123/#/experiments/{experiment.experiment_id}/runs"
+    runs = f"http://127.0.0.1:5123/#/experiments/{experiment.experiment_id}/runs"
+    expected = f"{runs}?workflowType=machine_learning"
     assert capsys.readouterr().out.strip() == f"runs table: {expected}"
 
 

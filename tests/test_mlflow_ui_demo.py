@@ -96,7 +96,8 @@ def test_the_experiment_is_declared_model_training_and_the_url_is_its_runs_table
     base, url = ui
     experiment = call(base, "experiments/get-by-name?experiment_name=cxrdet")["experiment"]
     assert tags_of(experiment)["mlflow.experimentKind"] == "custom_model_development"
-    assert url == f"{base}/#/experiments/{experiment['experiment_id']}/runs"
+    runs = f"{base}/#/experiments/{experiment['experiment_id']}/runs"
+    assert url == f"{runs}?workflowType=machine_learning"
 
 
 def test_training_runs_have_their_dataset_with_the_data_hash_as_digest(runs):

@@ -27,8 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def runs_table_url(base: str, experiment_id: str) -> str:
-    """The UI's runs table of one experiment (MLflow 3's route /experiments/<id>/runs)."""
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs"
+    """The UI's runs table of one experiment (MLflow 3's route /experiments/<id>/runs), with
+    the sidebar in its model-training mode (it opens in GenAI mode, whatever the experiment)."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def run(args: argparse.Namespace) -> int:
