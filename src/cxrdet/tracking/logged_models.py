@@ -37,6 +37,7 @@ def log_model_files(
     and `card` (README.md); returns its model id."""
     import mlflow
     from mlflow import MlflowClient
+    from mlflow.entities import LoggedModelOutput
 
     model = mlflow.initialize_logged_model(
         name=name,
@@ -56,4 +57,6 @@ def log_model_files(
         mlflow.finalize_logged_model(model.model_id, "FAILED")
         raise
     mlflow.finalize_logged_model(model.model_id, "READY")
+    # The run's output, as a flavor's log_model records it: listed on the run's page.
+    MlflowClient().log_outputs(model.source_run_id, [LoggedModelOutput(model.model_id, step=0)])
     return model.model_id
