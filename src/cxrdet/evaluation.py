@@ -318,8 +318,9 @@ def fold_overlay(
     title: str,
     count: int = 12,
 ) -> None:
-    """A PNG grid of cached images (those with boxes first): truth boxes green, the original
-    view's predictions scoring >= threshold red with their scores."""
+    """A PNG grid of cached images (hits, misses and false alarms first): truth boxes green,
+    the original view's predictions scoring >= threshold red with their scores; `title` (the
+    model) once, on the legend line."""
     images = prepared.images.set_index("image_id")
 
     def image_of(image_id: str) -> tuple[np.ndarray, float, float]:
@@ -332,9 +333,10 @@ def fold_overlay(
         truth_boxes(prepared, image_ids),
         shown,
         image_of,
-        lambda image_id: f"{image_id[:12]} {title}",
+        lambda image_id: image_id[:12],
         path,
         count,
+        caption=f"{title}, score >= {threshold:g}",
     )
 
 

@@ -177,13 +177,15 @@ def overlay_grid(
     path: Path,
     count: int = 12,
     top: int = 4,
+    caption: str = "",
 ) -> None:
     """A PNG grid of `count` images picked to show what the model does: in turns, one with a
     hit (a truth box a prediction overlaps at IoU >= MATCH_IOU), one with a miss (a truth box
     none does), one with a false alarm (a prediction overlapping no truth box); each tile's
     title counts them. Truth boxes green (unlabelled: a legend line says which is which),
     each image's `top` best predictions red with their scores. Boxes are in original pixels;
-    `image_of(image_id)` gives the image drawn on and its (scale_x, scale_y) from them."""
+    `image_of(image_id)` gives the image drawn on and its (scale_x, scale_y) from them;
+    `caption` (what every tile shows, e.g. the model) ends the legend line."""
     best = predicted.sort_values("score", ascending=False).groupby("image_id").head(top)
     boxes = {
         image_id: (truth[truth["image_id"] == image_id], best[best["image_id"] == image_id])
@@ -212,6 +214,7 @@ def overlay_grid(
         (class_color(OVERLAY_TRUTH), "truth"),
         (class_color(OVERLAY_PREDICTION), f"prediction (score; top {top} per image)"),
         (None, f"titles: truth boxes hit / missed, false alarms (IoU {MATCH_IOU})"),
+        *([(None, caption)] if caption else []),
     )
     sample_grid(items, path, legend=legend)
 
