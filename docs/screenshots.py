@@ -41,7 +41,7 @@ def run_id(base: str, experiment_id: str, name: str) -> str:
     return found["runs"][0]["info"]["run_id"]
 
 
-def shoot(url: str, path: Path, size: str = "1600,1000") -> None:
+def shoot(url: str, path: Path, size: str = "1800,1000") -> None:
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         sys.exit("no chromium on PATH: `make browser` installs it")
@@ -71,10 +71,13 @@ def main(base: str, experiment: str = "cxrdet", model: str = "cxrdet-rsna") -> N
         "experiment"
     ]["experiment_id"]
     runs = f"{base}/#/experiments/{experiment_id}/runs"
-    shoot(f"{runs}?workflowType=machine_learning", DOCS / "ui-runs.png")
-    shoot(f"{runs}/{run_id(base, experiment_id, 'train_detector@0')}", DOCS / "ui-training-run.png")
-    shoot(f"{runs}/{run_id(base, experiment_id, 'tune_ensemble')}", DOCS / "ui-tuning-run.png")
-    shoot(f"{base}/#/models/{model}", DOCS / "ui-registry.png")
+    mode = "?workflowType=machine_learning"  # the sidebar's model-training mode
+    shoot(f"{runs}{mode}", DOCS / "ui-runs.png")
+    training = run_id(base, experiment_id, "train_detector@0")
+    shoot(f"{runs}/{training}{mode}", DOCS / "ui-training-run.png", "1800,1700")
+    tuning = run_id(base, experiment_id, "tune_ensemble")
+    shoot(f"{runs}/{tuning}{mode}", DOCS / "ui-tuning-run.png", "1800,1700")
+    shoot(f"{base}/#/models/{model}{mode}", DOCS / "ui-registry.png")
 
 
 if __name__ == "__main__":
