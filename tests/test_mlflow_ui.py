@@ -68,15 +68,16 @@ def test_nested_run_names_are_short_and_tell_models_apart():
     assert names[2:] == ["demo_opacity f0", "retinanet final"]
 
 
-def test_a_study_run_names_its_trials_and_its_best_trial(tmp_path):
+def test_a_study_run_names_its_trials_and_its_best_trial(tmp_path, monkeypatch):
     configure(tmp_path)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=1))
 
     def objective(trial: optuna.Trial) -> float:
         return trial.suggest_float("x", 0.0, 1.0)
 
-    mlflow.set_experiment(experiment_id=ensure_experiment("study", tmp_path))  # nested runs too
-    with mlflow.start_run() as parent:
+    experiment_id = ensure_experiment("study", tmp_path)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)  # nested runs too, as stage_run does
+    with mlflow.start_run(experiment_id=experiment_id) as parent:
         run_trials(study, objective, 3, label="ens-trial")
         log_best_trial(study.best_trial)
     runs = mlflow.search_runs(experiment_names=["study"], output_format="list")
