@@ -25,3 +25,12 @@ def demo_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     synthesize(out, spec, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def demo_pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """The demo pipeline run once per session (`dvc repro` in a fresh clone of the working
+    tree) for every slow test that reads its outputs: (clone root, its environment)."""
+    from worktree import demo_clone
+
+    return demo_clone(ROOT, tmp_path_factory.mktemp("clone"))

@@ -102,16 +102,15 @@ def test_fold_stage_writes_models_per_view_predictions_metrics_and_mlflow_runs(p
     runs = mlflow_runs(project)
     names = [name for name, _ in runs]
     assert names.count("train_classifier@0") == 1
-    children = {
-        tags["cxrdet.model"]: tags for name, tags in runs if name.startswith("train_classifier@0/")
-    }
+    children = {tags["cxrdet.model"]: tags for name, tags in runs if name.endswith(" f0")}
     assert set(children) == {"demo_opacity", "demo_label"}
+    assert {"demo_opacity f0", "demo_label f0"} <= set(names)  # the stage's name is the parent's
     data_hash = json.loads((project / "data/prepared/detect/dataset.json").read_text())["data_hash"]
     assert all(
         t["cxrdet.fold"] == "0" and t["cxrdet.data_hash"] == data_hash for t in children.values()
     )
     with sqlite3.connect(project / "mlruns" / "mlflow.db") as db:
-        steps = db.execute("SELECT DISTINCT step FROM metrics WHERE key = 'val_auc'").fetchall()
+        steps = db.execute("SELECT DISTINCT step FROM metrics WHERE key = 'val.auc'").fetchall()
     assert sorted(step for (step,) in steps) == [1, 2]  # per-epoch metrics, step = epoch
 
 
@@ -122,9 +121,9 @@ def test_torchrun_two_cpu_processes_train_a_fold_and_only_rank_0_writes(project)
     assert done.stdout.count("fold 1: out-of-fold AUC") == 1  # rank 0 alone reports
     new = [(name, tags) for name, tags in mlflow_runs(project) if (name, tags) not in before]
     assert sorted(name for name, _ in new) == [
+        "demo_label f1",
+        "demo_opacity f1",
         "train_classifier@1",
-        "train_classifier@1/demo_label",
-        "train_classifier@1/demo_opacity",
     ]
     with sqlite3.connect(project / "mlruns" / "mlflow.db") as db:
         (world,) = db.execute(

@@ -93,14 +93,14 @@ def test_tune_anchors_writes_the_best_anchors_and_nests_trials(project):
     assert sum(tuned["trials"].values()) == 3 and tuned["trials"]["complete"] >= 1
     found = runs(project)
     (study_run,) = [tags["run_id"] for name, _, tags in found if name == "tune_anchors"]
-    trials = [(status, tags) for name, status, tags in found if name.startswith("trial-")]
+    trials = [(status, tags) for name, status, tags in found if name.startswith("anchor-trial-")]
     assert len(trials) == 3 and all(t["mlflow.parentRunId"] == study_run for _, t in trials)
     assert all(
         status == "FINISHED" and t["optuna.state"] in ("COMPLETE", "PRUNED") for status, t in trials
     )
     # A rerun resumes the finished study: no new trial.
     run_stage(project, *python("tune_anchors.py"))
-    assert len([name for name, _, _ in runs(project) if name.startswith("trial-")]) == 3
+    assert len([name for name, _, _ in runs(project) if name.startswith("anchor-trial-")]) == 3
 
 
 def test_fold_stage_writes_model_predictions_per_view_and_metrics(project):
@@ -122,7 +122,7 @@ def test_fold_stage_writes_model_predictions_per_view_and_metrics(project):
     assert list(model.config.anchors.sizes) == tuned["anchors"]["sizes"] and config["fold"] == 0
     assert not (project / "models/checkpoints/train_detector@0").exists()
     with sqlite3.connect(project / "mlruns" / "mlflow.db") as db:
-        steps = db.execute("SELECT DISTINCT step FROM metrics WHERE key = 'val_rsna'").fetchall()
+        steps = db.execute("SELECT DISTINCT step FROM metrics WHERE key = 'val.rsna'").fetchall()
     assert {1, 2} <= {step for (step,) in steps}  # validated every epoch
 
 

@@ -179,7 +179,9 @@ def test_tune_ensemble_writes_the_recipe_plots_and_nested_trial_runs(project):
     assert logged["objective"] == "rsna" and logged["tune_ensemble.objective"] == "auto"
     run(project, *stage("tune_ensemble.py"))  # resumes the finished study: no new trial
     with sqlite3.connect(project / "mlruns" / "mlflow.db") as db:
-        assert db.execute("SELECT COUNT(*) FROM runs WHERE name LIKE 'trial-%'").fetchone()[0] == 5
+        assert (
+            db.execute("SELECT COUNT(*) FROM runs WHERE name LIKE 'ens-trial-%'").fetchone()[0] == 5
+        )
 
 
 def test_evaluate_numbers_equal_cxrdet_evaluate_on_its_submission(project):

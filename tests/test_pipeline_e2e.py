@@ -6,48 +6,21 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from worktree import copy_worktree
+from worktree import run
 
 pytestmark = pytest.mark.slow
 
 
-def run(
-    command: list[str], cwd: Path, env: dict, timeout: int = 1800
-) -> subprocess.CompletedProcess:
-    completed = subprocess.run(
-        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
-    assert completed.returncode == 0, (
-        f"{command}\n{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}"
-    )
-    return completed
-
-
 @pytest.fixture(scope="module")
-def clone(project_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """Tracked and untracked-but-not-ignored files, committed in a fresh repository."""
-    target = tmp_path_factory.mktemp("clone")
-    copy_worktree(project_root, target)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "CXRDET_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env |= {
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@t",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@t",
-    }
-    run(["git", "init", "-q"], target, env)
-    run(["git", "add", "-A"], target, env)
-    run(["git", "commit", "-qm", "snapshot"], target, env)
-    run(["dvc", "repro"], target, env, timeout=3000)  # ~10 min on 2 idle cores
-    return target, env
+def clone(demo_pipeline: tuple[Path, dict]) -> tuple[Path, dict]:
+    """The demo pipeline's clone (conftest.py), shared with the other slow tests that read it."""
+    return demo_pipeline
 
 
 def test_repro_writes_every_stage_output(clone):

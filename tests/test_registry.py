@@ -70,6 +70,7 @@ def register(
         name, store[1], registry.version_tags(metrics, "rsna_score", holdout)
     )
     decision = registry.gate(name, version.version, min_delta)
+    registry.describe_version(name, version.version, decision)
     registry.decide(name, version.version, decision)
     return str(version.version), decision
 
@@ -98,6 +99,22 @@ def test_second_version_is_challenger_and_champion_moves_only_when_better(store)
     assert aliases(name)["champion"] == first
     with pytest.raises(CxrdetError, match="nothing to roll back to"):
         registry.rollback(name)
+
+
+def test_versions_describe_their_metric_against_the_champion_and_what_changed(store):
+    name = "cxrdet-described"
+    first, _ = register(store, name, 0.30)
+    second, _ = register(store, name, 0.40, holdout={**HOLDOUT, "cxrdet.params_hash": "params-b"})
+    described = registry.client().get_model_version(name, first).description
+    assert "Holdout rsna_score 0.3000" in described and "first champion" in described
+    assert "data-a" in described and "nothing (the first version)" in described
+    described = registry.client().get_model_version(name, second).description
+    assert "beats champion version 1's 0.3000" in described
+    assert "Changed since the previous version: params (against version 1)" in described
+    model = registry.client().get_registered_model(name).description
+    assert "champion: version 2" in model and "challenger: version 2" in model
+    registry.rollback(name)
+    assert "champion: version 1" in registry.client().get_registered_model(name).description
 
 
 def test_gate_refuses_another_holdout_or_a_missing_score_and_force_overrides(store):

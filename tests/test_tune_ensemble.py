@@ -19,7 +19,8 @@ from cxrdet.errors import ConfigError
 from cxrdet.evaluation import Holdout
 from cxrdet.formats import competition_score
 from cxrdet.metrics import mean_average_precision, rsna_score
-from cxrdet.tuning.ensemble import score_recipe, tune_ensemble, write_study_plots
+from cxrdet.tuning.ensemble import score_recipe, tune_ensemble
+from cxrdet.tuning.study_plots import PLOTLY_JS, write_study_plots
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "tuning.py"
 _spec = importlib.util.spec_from_file_location("bench_tuning", BENCH)
@@ -79,7 +80,9 @@ def test_plots_are_written_for_an_empty_study(tmp_path):
     pngs = {kind: tmp_path / f"{kind}.png" for kind in ("history", "importances", "parallel")}
     write_study_plots(optuna.create_study(), tmp_path / "study.html", pngs)
     assert all(path.stat().st_size > 0 for path in pngs.values())
-    assert "<html>" in (tmp_path / "study.html").read_text()
+    page = (tmp_path / "study.html").read_text()
+    assert "<html>" in page and f"src='{PLOTLY_JS}'" in page and len(page) < 100_000
+    assert (tmp_path / PLOTLY_JS).stat().st_size > 1_000_000  # plotly.js once, beside the page
 
 
 # ---------------------------------------------------------------- tune_ensemble.objective

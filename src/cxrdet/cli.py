@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "cxrdet.commands.registry",
     "cxrdet.commands.serve",
     "cxrdet.commands.stage_times",
+    "cxrdet.commands.ui",
 ]
 
 

@@ -29,6 +29,7 @@ from cxrdet.io import atomic_path
 from cxrdet.metrics import binary_metrics, iou_xywh, mean_average_precision, rsna_score
 from cxrdet.metrics.detection import mean_box_baseline, view_rsna
 from cxrdet.metrics.vinbigdata import NO_FINDING
+from cxrdet.train.predictions import ROC_LIMITS
 from cxrdet.viz import overlay_grid
 
 THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(20))  # the score-vs-threshold sweep
@@ -267,13 +268,13 @@ def plot_curves(
         y = truth.loc[scores.index].to_numpy()
         if len(set(y.tolist())) == 2:
             fpr, tpr, _ = roc_curve(y, scores.to_numpy())
-            axes.plot(fpr, tpr, label=f"{label} (AUC {auc(truth, scores):.3f})")
+            axes.plot(fpr, tpr, label=f"{label} (AUC {auc(truth, scores):.3f})", clip_on=False)
     axes.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
     axes.set(
         xlabel="false positive rate",
         ylabel="true positive rate",
-        xlim=(0, 1),
-        ylim=(0, 1.01),
+        xlim=ROC_LIMITS,
+        ylim=ROC_LIMITS,
         title=f"Holdout images with findings, n={len(truth)}",
     )
     axes.legend(loc="lower right", fontsize=7)
@@ -317,8 +318,9 @@ def fold_overlay(
     title: str,
     count: int = 12,
 ) -> None:
-    """A PNG grid of cached images (those with boxes first): truth boxes green, the original
-    view's predictions scoring >= threshold red with their scores."""
+    """A PNG grid of cached images (hits, misses and false alarms first): truth boxes green,
+    the original view's predictions scoring >= threshold red with their scores; `title` (the
+    model) once, on the legend line."""
     images = prepared.images.set_index("image_id")
 
     def image_of(image_id: str) -> tuple[np.ndarray, float, float]:
@@ -331,9 +333,10 @@ def fold_overlay(
         truth_boxes(prepared, image_ids),
         shown,
         image_of,
-        lambda image_id: f"{image_id[:12]} {title}",
+        lambda image_id: image_id[:12],
         path,
         count,
+        caption=f"{title}, score >= {threshold:g}",
     )
 
 

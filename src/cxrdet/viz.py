@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
+from cxrdet.metrics.iou import iou_xywh
+
 # Distinct, readable on gray: one colour per class id (cycled past the end).
 PALETTE: tuple[tuple[int, int, int], ...] = (
     (230, 25, 75),
@@ -84,17 +86,28 @@ def sample_grid(
     path: Path,
     columns: int = 4,
     tile: int = 256,
+    legend: Sequence[tuple[tuple[int, int, int] | None, str]] = (),
 ) -> Image.Image:
-    """Tile (image, boxes, title) items, each fitted into tile x tile, and save a PNG."""
+    """Tile (image, boxes, title) items, each fitted into tile x tile, and save a PNG; with a
+    `legend` ((colour or None, meaning) pairs), a first line says what the colours mean."""
     rows = max(1, -(-len(items) // columns))
-    grid = Image.new("RGB", (columns * tile, rows * (tile + _TITLE_HEIGHT)), (0, 0, 0))
+    header = _TITLE_HEIGHT + 4 if legend else 0
+    grid = Image.new("RGB", (columns * tile, header + rows * (tile + _TITLE_HEIGHT)), (0, 0, 0))
     draw = ImageDraw.Draw(grid)
     font = ImageFont.load_default()
+    x = 4
+    for color, meaning in legend:
+        if color is not None:
+            draw.rectangle((x, 5, x + 10, 15), outline=color, width=2)
+            x += 14
+        draw.text((x, 4), meaning, fill=(255, 255, 255), font=font)
+        x += round(draw.textlength(meaning, font=font)) + 16
     for index, (image, boxes, title) in enumerate(items):
         left = (index % columns) * tile
-        top = (index // columns) * (tile + _TITLE_HEIGHT)
+        top = header + (index // columns) * (tile + _TITLE_HEIGHT)
         grid.paste(_fit_tile(image, boxes, tile), (left, top + _TITLE_HEIGHT))
-        draw.text((left + 3, top + 2), title, fill=(255, 255, 255), font=font)
+        shown = _fitted_text(draw, title, tile - 6, font)
+        draw.text((left + 3, top + 2), shown, fill=(255, 255, 255), font=font)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
@@ -115,6 +128,20 @@ def _fit_tile(image: np.ndarray, boxes: pd.DataFrame, tile: int) -> Image.Image:
     return framed
 
 
+def _fitted_text(
+    draw: ImageDraw.ImageDraw,
+    text: str,
+    width: int,
+    font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
+) -> str:
+    """`text`, cut with "..." to fit `width` pixels (a title never runs into the next tile)."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "...", font=font) > width:
+        text = text[:-1]
+    return text + "..."
+
+
 def _box_label(row: tuple) -> str:
     name = getattr(row, "class_name", None)
     text = "" if name is None or pd.isna(name) else str(name)
@@ -131,10 +158,12 @@ def _draw_label(
     color: tuple[int, int, int],
     font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
 ) -> None:
-    """Text on a dark backing just above the box (inside it when at the top edge)."""
+    """Text on a dark backing just above the box (inside it when at the top edge), moved left
+    as needed to stay inside the image (a box at the right edge keeps its whole label)."""
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
     height = bottom - top + 2
-    x, y = corner[0], corner[1] - height if corner[1] >= height else corner[1]
+    room = draw.im.size[0] - (right - left + 4)
+    x, y = max(0.0, min(corner[0], room)), corner[1] - height if corner[1] >= height else corner[1]
     draw.rectangle((x, y, x + right - left + 3, y + height), fill=(0, 0, 0))
     draw.text((x + 2, y + 1 - top), text, fill=color, font=font)
 
@@ -147,20 +176,30 @@ def overlay_grid(
     title_of: Callable[[str], str],
     path: Path,
     count: int = 12,
+    top: int = 4,
+    caption: str = "",
 ) -> None:
-    """A PNG grid of `count` images (those with truth boxes first): truth boxes green,
-    predicted boxes red with their scores. Boxes are in original pixels; `image_of(image_id)`
-    gives the image drawn on and its (scale_x, scale_y) from original pixels."""
-    positive = set(truth["image_id"])
+    """A PNG grid of `count` images picked to show what the model does: in turns, one with a
+    hit (a truth box a prediction overlaps at IoU >= MATCH_IOU), one with a miss (a truth box
+    none does), one with a false alarm (a prediction overlapping no truth box); each tile's
+    title counts them. Truth boxes green (unlabelled: a legend line says which is which),
+    each image's `top` best predictions red with their scores. Boxes are in original pixels;
+    `image_of(image_id)` gives the image drawn on and its (scale_x, scale_y) from them;
+    `caption` (what every tile shows, e.g. the model) ends the legend line."""
+    best = predicted.sort_values("score", ascending=False).groupby("image_id").head(top)
+    boxes = {
+        image_id: (truth[truth["image_id"] == image_id], best[best["image_id"] == image_id])
+        for image_id in image_ids
+    }
+    outcomes = {image_id: outcome(*pair) for image_id, pair in boxes.items()}
     items = []
-    for image_id in sorted(image_ids, key=lambda i: (i not in positive, i))[:count]:
+    for image_id in pick_tiles(outcomes, count):
         image, scale_x, scale_y = image_of(image_id)
+        shown_truth, shown_predicted = boxes[image_id]
         drawn = pd.concat(
             [
-                truth[truth["image_id"] == image_id][["x", "y", "w", "h"]].assign(
-                    class_id=OVERLAY_TRUTH, class_name="truth"
-                ),
-                predicted[predicted["image_id"] == image_id][["x", "y", "w", "h", "score"]].assign(
+                shown_truth[["x", "y", "w", "h"]].assign(class_id=OVERLAY_TRUTH, class_name=""),
+                shown_predicted[["x", "y", "w", "h", "score"]].assign(
                     class_id=OVERLAY_PREDICTION, class_name=""
                 ),
             ],
@@ -168,5 +207,42 @@ def overlay_grid(
         )
         drawn[["x", "w"]] *= scale_x
         drawn[["y", "h"]] *= scale_y
-        items.append((image, drawn, title_of(image_id)))
-    sample_grid(items, path)
+        hits, misses, false = outcomes[image_id]
+        counts = f"hit {hits} miss {misses} false {false}"
+        items.append((image, drawn, f"{counts} | {title_of(image_id)}"))
+    legend = (
+        (class_color(OVERLAY_TRUTH), "truth"),
+        (class_color(OVERLAY_PREDICTION), f"prediction (score; top {top} per image)"),
+        (None, f"titles: truth boxes hit / missed, false alarms (IoU {MATCH_IOU})"),
+        *([(None, caption)] if caption else []),
+    )
+    sample_grid(items, path, legend=legend)
+
+
+MATCH_IOU = 0.4  # the RSNA score's lowest IoU threshold: a box found at all
+
+
+def outcome(truth: pd.DataFrame, predicted: pd.DataFrame) -> tuple[int, int, int]:
+    """(hits, misses, false alarms) of one image: truth boxes some prediction overlaps at IoU
+    >= MATCH_IOU, truth boxes none does, predictions overlapping no truth box."""
+    if truth.empty or predicted.empty:
+        return 0, len(truth), len(predicted)
+    columns = ["x", "y", "w", "h"]
+    iou = iou_xywh(truth[columns].to_numpy(float), predicted[columns].to_numpy(float))
+    found = int((iou.max(axis=1) >= MATCH_IOU).sum())
+    return found, len(truth) - found, int((iou.max(axis=0) < MATCH_IOU).sum())
+
+
+def pick_tiles(outcomes: dict[str, tuple[int, int, int]], count: int) -> list[str]:
+    """Up to `count` image ids: in turns one with a hit, a miss, a false alarm (ids in order),
+    then images with truth boxes, then the rest: tiles that show something first."""
+    queues = [sorted(i for i, counts in outcomes.items() if counts[k]) for k in range(3)]
+    chosen: list[str] = []
+    while len(chosen) < count and any(queues):
+        for queue in queues:
+            while queue and queue[0] in chosen:
+                queue.pop(0)
+            if queue and len(chosen) < count:
+                chosen.append(queue.pop(0))
+    rest = sorted(outcomes, key=lambda i: (sum(outcomes[i][:2]) == 0, i))  # truth boxes first
+    return chosen + [i for i in rest if i not in chosen][: count - len(chosen)]

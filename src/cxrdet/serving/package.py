@@ -27,7 +27,6 @@ from cxrdet.serving.path_root import CONFIG_KEY
 from cxrdet.serving.pyfunc_model import BUNDLE, SIGNATURE
 
 MODEL_CODE = Path(__file__).with_name("model_code.py")
-ARTIFACT_NAME = "model"  # the logged model's name in its run
 
 
 def pip_requirements() -> list[str]:
@@ -69,12 +68,14 @@ def model_arguments(bundle: Path, example: pd.DataFrame) -> Iterator[dict[str, A
         }
 
 
-def log_ensemble(bundle: Path, example: pd.DataFrame) -> Any:
-    """Log the model in the active run; returns MLflow's ModelInfo (model_uri, model_id)."""
+def log_ensemble(bundle: Path, example: pd.DataFrame, name: str = "ensemble") -> Any:
+    """Log the model in the active run as `name` (the run's and the experiment's Models tab:
+    say what it is, e.g. `cxrdet-rsna-ensemble`); returns MLflow's ModelInfo (model_uri,
+    model_id)."""
     import mlflow
 
     with model_arguments(bundle, example) as arguments:
-        return mlflow.pyfunc.log_model(name=ARTIFACT_NAME, **arguments)
+        return mlflow.pyfunc.log_model(name=name, **arguments)
 
 
 def save_ensemble(bundle: Path, example: pd.DataFrame, path: Path) -> Path:

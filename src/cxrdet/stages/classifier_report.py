@@ -17,8 +17,8 @@ from cxrdet.config import load_params
 from cxrdet.errors import CxrdetError
 from cxrdet.io import write_json
 from cxrdet.paths import CLASSIFIER_FOLDS, CLASSIFIER_RESULTS, PREPARED_DETECT
-from cxrdet.tracking.runs import log_numeric, stage_run
-from cxrdet.train.predictions import opacity_truth, plot_roc, roc_curves, summarize
+from cxrdet.tracking.runs import stage_run
+from cxrdet.train.predictions import log_summary, opacity_truth, plot_roc, roc_curves, summarize
 
 
 def run(root: Path) -> None:
@@ -65,7 +65,7 @@ def run(root: Path) -> None:
             out / "roc.png",
             "Opacity classifiers: out-of-fold and holdout",
         )
-        log_numeric(metrics)
+        log_summary(metrics)
         for name in ("metrics.json", "roc.png"):
             mlflow.log_artifact(str(out / name))
     print(

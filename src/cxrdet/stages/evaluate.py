@@ -92,14 +92,18 @@ def run(root: Path) -> None:
                 ),  # what tune_ensemble maximised
             )
             metrics = report(root / EVALUATE, params, prepared, predictor, holdout, loaded)
-            log_numeric({k: v for k, v in metrics.items() if k != "ablation"})
+            # Every number is the holdout's: `holdout.rsna_score`, as the fold stages name
+            # their holdout scores; ablation rows as models (`ablation.no_tta.holdout.map40`),
+            # without the ensemble's own row (that is `holdout.<metric>`).
+            log_numeric({k: v for k, v in metrics.items() if k != "ablation"}, prefix="holdout.")
+            metric = metric_name(holdout.fmt, holdout.objective)
             log_numeric(
                 {
-                    name: row["score"]
+                    name: {f"holdout_{metric}": row["score"]}
                     for name, row in metrics["ablation"].items()
-                    if row["score"] is not None
+                    if row["score"] is not None and name != "ensemble"
                 },
-                prefix=f"ablation.{metric_name(holdout.fmt, holdout.objective)}.",
+                prefix="ablation.",
             )
             for name in (
                 "metrics.json",

@@ -22,6 +22,7 @@ from cxrdet.models.backbone import check_timm_name, create_backbone, save_backbo
 from cxrdet.paths import CHECKPOINTS, PREPARED_PRETRAIN, PRETRAIN_METRICS, PRETRAINED
 from cxrdet.runtime.seed import seed_everything
 from cxrdet.runtime.session import start_runtime, stop_runtime
+from cxrdet.tracking.inputs import log_dataset
 from cxrdet.tracking.runs import log_numeric, stage_run
 from cxrdet.train.classifier import pretrain_backbone, pretrain_summary
 
@@ -58,6 +59,13 @@ def run(root: Path) -> None:
     metrics: dict = {"source": pretrain.source}
     try:
         with run:
+            if main_process and prepared is not None:
+                log_dataset(
+                    prepared.images,
+                    name="pretrain",
+                    data_hash=prepared.info["data_hash"],
+                    source=root / PREPARED_PRETRAIN,
+                )
             for backbone in sorted(keys):
                 origin: dict = {"source": pretrain.source}
                 if prepared is not None:
@@ -102,7 +110,19 @@ def run(root: Path) -> None:
                     save_backbone(root / PRETRAINED / f"{backbone}.pt", body, backbone, **origin)
             if main_process:
                 write_json(metrics, root / PRETRAIN_METRICS)
-                log_numeric(metrics)
+                # The best epoch's validation AUCs, named like the epochs logged them
+                # (`test_resnet.best.val.mean_auc` beside `test_resnet.val.mean_auc`).
+                log_numeric(
+                    {
+                        name: {
+                            "best_epoch": summary["best_epoch"],
+                            "best_val_mean_auc": summary["mean_auc"],
+                            "best_val_auc": summary["auc"],
+                        }
+                        for name, summary in metrics.items()
+                        if isinstance(summary, dict)
+                    }
+                )
                 mlflow.log_artifact(str(root / PRETRAIN_METRICS))
                 # Checkpoints only serve to resume a killed run; a finished stage starts afresh.
                 shutil.rmtree(root / CHECKPOINTS / "pretrain", ignore_errors=True)

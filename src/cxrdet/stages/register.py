@@ -76,7 +76,7 @@ def run(root: Path) -> None:
                     IMAGE: [png_example(paths[0], spec.preprocess, params.register.example_size)],
                 }
             )
-            model = log_ensemble(bundle, example)
+            model = log_ensemble(bundle, example, f"{name}-ensemble")
         check_against_evaluate(
             root, model.model_uri, spec, fmt, holdout[: params.register.check_images], paths
         )
@@ -84,6 +84,7 @@ def run(root: Path) -> None:
             name, model.model_uri, registry.version_tags(metrics, metric, identity)
         )
         decision = registry.promote(name, version.version, params.register.min_delta)
+        registry.describe_version(name, version.version, decision)
         champion = registry.champion(name)
         mlflow.set_tags(
             {

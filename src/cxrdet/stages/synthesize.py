@@ -8,7 +8,7 @@ import mlflow
 
 from cxrdet.config import load_params
 from cxrdet.data.sources.synthetic import DemoSpec, synthesize
-from cxrdet.tracking.runs import stage_run
+from cxrdet.tracking.runs import log_numeric, stage_run
 
 
 def run(root: Path) -> None:
@@ -24,7 +24,11 @@ def run(root: Path) -> None:
         tracking_uri=params.tracking.tracking_uri,
     ):
         written = synthesize(out_dir, DemoSpec(**settings))
-        mlflow.log_metrics({f"{fmt}.n_images": len(t.images) for fmt, t in written.items()})
-        mlflow.log_metrics({f"{fmt}.n_boxes": len(t.boxes) for fmt, t in written.items()})
+        log_numeric(
+            {
+                fmt: {"n_images": len(t.images), "n_boxes": len(t.boxes)}
+                for fmt, t in written.items()
+            }
+        )
         mlflow.log_artifact(str(out_dir / "samples.png"))
     print(f"synthetic demo data -> {out_dir}")

@@ -9,6 +9,7 @@ results/classifier/folds/fold<k>/{oof,holdout}.parquet, metrics.json, roc.png.
 from __future__ import annotations
 
 import shutil
+import tempfile
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -31,9 +32,12 @@ from cxrdet.paths import (
     PRETRAINED,
 )
 from cxrdet.runtime.session import start_runtime, stop_runtime
-from cxrdet.tracking.runs import log_numeric, stage_run
+from cxrdet.tracking.inputs import log_dataset
+from cxrdet.tracking.logged_models import log_model_files, model_card
+from cxrdet.tracking.runs import log_history, log_numeric, nested_run_name, stage_run
 from cxrdet.train.classifier import predict_classifier_views, train_fold_classifier
-from cxrdet.train.predictions import opacity_truth, plot_roc, roc_curves, summarize
+from cxrdet.train.curves import plot_curves
+from cxrdet.train.predictions import log_summary, opacity_truth, plot_roc, roc_curves, summarize
 
 
 def run(root: Path, fold: int) -> None:
@@ -63,6 +67,7 @@ def run(root: Path, fold: int) -> None:
                 "classifier": params.classifier.model_dump(),
                 "train": params.train.model_dump(),
                 "world_size": runtime.context.world_size,
+                "fold": fold,
             },
             tracking_uri=params.tracking.tracking_uri,
         )
@@ -75,12 +80,20 @@ def run(root: Path, fold: int) -> None:
         "holdout": np.asarray(fold_ids(split, HOLDOUT), dtype=object),
     }
     log = (lambda values, step: log_numeric(values, step=step)) if main_process else None
+    histories: dict[str, list[dict[str, float]]] = {}
     try:
-        with run:
+        with run as active:
+            if main_process:
+                log_dataset(
+                    prepared.images,
+                    name="detect",
+                    data_hash=data_hash,
+                    source=root / PREPARED_DETECT,
+                )
             for number, variant in enumerate(params.classifier.variants):
                 child = (
                     mlflow.start_run(
-                        run_name=f"{stage}/{variant.name}",
+                        run_name=nested_run_name(variant.name, f"f{fold}"),
                         nested=True,
                         tags={
                             **tags,
@@ -115,17 +128,45 @@ def run(root: Path, fold: int) -> None:
                             )
                         )
                     if main_process:
-                        save_classifier(
-                            root / CLASSIFIER_MODELS / f"fold{fold}" / f"{variant.name}.pt",
-                            trained.model,
-                            trained.config,
-                        )
+                        model_file = root / CLASSIFIER_MODELS / f"fold{fold}" / f"{variant.name}.pt"
+                        save_classifier(model_file, trained.model, trained.config)
                         log_numeric({"best_epoch": trained.result.best_epoch})
+                        histories[variant.name] = trained.result.history
+                        log_history(trained.result.history, variant.name, active.info.run_id)
+                        log_model_files(
+                            f"{variant.name}-fold{fold}",
+                            [model_file],
+                            model_card(
+                                f"{variant.name}, fold {fold}",
+                                {
+                                    **tags,
+                                    "stage": stage,
+                                    **variant.model_dump(),
+                                    "best_epoch": trained.result.best_epoch,
+                                    "best validation score": trained.result.best_score,
+                                },
+                                "`cxrdet.models.classifier.load_classifier(path)`; the ensemble "
+                                "that serves is the registered model (`cxrdet registry list`).",
+                            ),
+                            model_type="cxrdet.classifier",
+                            params={"fold": fold, **variant.model_dump()},
+                            tags=tags,
+                            run_id=active.info.run_id,
+                        )
             if main_process:
                 write_outputs(parts, prepared, fold, results)
+                log_curves(histories, stage)
                 shutil.rmtree(checkpoints, ignore_errors=True)  # only a killed run resumes
     finally:
         stop_runtime()
+
+
+def log_curves(histories: dict[str, list[dict[str, float]]], stage: str) -> None:
+    """Every variant's learning curves in one picture on the stage's run (MLflow only)."""
+    with tempfile.TemporaryDirectory(prefix="cxrdet-plots-") as scratch:
+        path = Path(scratch) / "curves.png"
+        plot_curves(histories, "auc", path, f"{stage}: learning curves")
+        mlflow.log_artifact(str(path))
 
 
 def write_outputs(
@@ -142,7 +183,7 @@ def write_outputs(
         results / "roc.png",
         f"Opacity classifiers, fold {fold}: TTA views averaged",
     )
-    log_numeric(metrics)
+    log_summary(metrics)
     for name in ("metrics.json", "roc.png"):
         mlflow.log_artifact(str(results / name))
     print(

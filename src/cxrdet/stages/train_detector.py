@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -22,9 +23,10 @@ import mlflow
 import pandas as pd
 
 from cxrdet.config import load_params
-from cxrdet.data.datasets import read_prepared, truth_boxes
+from cxrdet.data.datasets import Prepared, read_prepared, truth_boxes
 from cxrdet.data.folds import HOLDOUT, fold_ids, training_ids
 from cxrdet.errors import ConfigError, CxrdetError
+from cxrdet.evaluation import fold_overlay
 from cxrdet.infer.detector_tta import ORIGINAL
 from cxrdet.io import write_json, write_parquet
 from cxrdet.metrics.detection import view_rsna
@@ -39,7 +41,10 @@ from cxrdet.paths import (
     PRETRAINED,
 )
 from cxrdet.runtime.session import start_runtime, stop_runtime
-from cxrdet.tracking.runs import log_numeric, stage_run
+from cxrdet.tracking.inputs import log_dataset
+from cxrdet.tracking.logged_models import log_model_files, model_card
+from cxrdet.tracking.runs import log_history, log_numeric, nested_run_name, stage_run
+from cxrdet.train.curves import plot_curves
 from cxrdet.train.detector import detector_data, train_families
 
 
@@ -83,14 +88,23 @@ def run(root: Path, fold: int) -> None:
                 "train": params.train.model_dump(),
                 "anchors": tuned,
                 "world_size": runtime.context.world_size,
+                "fold": fold,
             },
             tracking_uri=params.tracking.tracking_uri,
         )
         if main_process
         else nullcontext()
     )
+    histories: dict[str, list[dict[str, float]]] = {}
     try:
-        with run:
+        with run as active:
+            if main_process:
+                log_dataset(
+                    prepared.images,
+                    name="detect",
+                    data_hash=prepared.info["data_hash"],
+                    source=root / PREPARED_DETECT,
+                )
             data = detector_data(prepared, detector)
             weights = backbone_source(detector, root / PRETRAINED, params.pretrain.allow_download)
             parts: dict[str, list[tuple[pd.DataFrame, pd.DataFrame]]] = {"oof": [], "holdout": []}
@@ -111,7 +125,7 @@ def run(root: Path, fold: int) -> None:
                 tuned_key=ANCHORS,
                 family_run=lambda settings: (
                     mlflow.start_run(
-                        run_name=f"{stage}/{settings.name}",
+                        run_name=nested_run_name(settings.name, f"f{fold}"),
                         nested=True,
                         tags={
                             **tags,
@@ -146,6 +160,22 @@ def run(root: Path, fold: int) -> None:
                     "holdout_rsna_score": holdout_score,
                 }
                 log_numeric(scores[name])
+                histories[name] = result.history
+                log_history(result.history, name, active.info.run_id)
+                log_model_files(
+                    f"{name}-fold{fold}",
+                    [root / DETECTOR_MODELS / f"fold{fold}" / done.settings.model_file],
+                    model_card(
+                        f"{name}, fold {fold}",
+                        {**tags, "stage": stage, **scores[name]},
+                        f"`cxrdet.families.get_family({done.settings.family!r}).load(path)`; the "
+                        "ensemble that serves is the registered model (`cxrdet registry list`).",
+                    ),
+                    model_type="cxrdet.detector",
+                    params={"fold": fold, "family": done.settings.family},
+                    tags=tags,
+                    run_id=active.info.run_id,
+                )
                 print(
                     f"fold {fold}: out-of-fold RSNA {oof_score:.4f} ({name}, original view, "
                     f"score >= {threshold}), holdout {holdout_score:.4f}"
@@ -168,9 +198,47 @@ def run(root: Path, fold: int) -> None:
                     "n_holdout": len(ids["holdout"]),
                 }
                 write_json(metrics, results / "metrics.json")
-                log_numeric(metrics)
+                # The first family's scores, as metrics.json has them at the top (each family's
+                # are on its nested run); the fold is a tag and a param, not a metric.
+                log_numeric({k: v for k, v in metrics.items() if k not in ("fold", "models")})
                 mlflow.log_artifact(str(results / "metrics.json"))
+                first = next(iter(scores))
+                log_fold_plots(
+                    stage,
+                    histories,
+                    detector.monitor,
+                    prepared,
+                    ids["holdout"],
+                    parts["holdout"][0][0],  # the first family's boxes
+                    scores[first]["oof_rsna_threshold"],
+                )
                 shutil.rmtree(checkpoints, ignore_errors=True)  # only a killed run resumes
                 print(f"fold {fold}: {', '.join(scores)} -> {results}")
     finally:
         stop_runtime()
+
+
+def log_fold_plots(
+    stage: str,
+    histories: dict[str, list[dict[str, float]]],
+    monitor: str,
+    prepared: Prepared,
+    holdout_ids: list[str],
+    holdout_boxes: pd.DataFrame,
+    threshold: float,
+) -> None:
+    """The fold's learning curves and its first family's holdout boxes at its out-of-fold
+    threshold, on the stage's run (MLflow only: the report stages' plots are DVC's)."""
+    first = next(iter(histories))
+    with tempfile.TemporaryDirectory(prefix="cxrdet-plots-") as scratch:
+        folder = Path(scratch)
+        plot_curves(histories, monitor, folder / "curves.png", f"{stage}: learning curves")
+        fold_overlay(
+            prepared,
+            holdout_ids,
+            holdout_boxes,
+            threshold,
+            folder / "holdout.png",
+            f"{first}, {stage}",
+        )
+        mlflow.log_artifacts(str(folder))

@@ -50,7 +50,9 @@ from cxrdet.paths import (
     PRETRAINED,
 )
 from cxrdet.runtime.session import start_runtime, stop_runtime
-from cxrdet.tracking.runs import log_numeric, stage_run
+from cxrdet.tracking.inputs import log_dataset
+from cxrdet.tracking.logged_models import log_model_files, model_card
+from cxrdet.tracking.runs import log_history, log_numeric, nested_run_name, stage_run
 from cxrdet.train.detector import detector_data, final_epochs, fold_best_epochs, train_families
 
 STAGE = "train_detector_final"
@@ -113,7 +115,14 @@ def run(root: Path) -> None:
     checkpoints = root / CHECKPOINTS / STAGE
     models, results = root / DETECTOR_FINAL_MODELS, root / DETECTOR_FINAL
     try:
-        with run:
+        with run as active:
+            if main_process:
+                log_dataset(
+                    prepared.images,
+                    name="detect",
+                    data_hash=prepared.info["data_hash"],
+                    source=root / PREPARED_DETECT,
+                )
             data = detector_data(prepared, detector)
             weights = backbone_source(detector, root / PRETRAINED, params.pretrain.allow_download)
             tables: list[tuple[pd.DataFrame, pd.DataFrame]] = []
@@ -135,7 +144,7 @@ def run(root: Path) -> None:
                 epochs=epochs,
                 family_run=lambda settings: (
                     mlflow.start_run(
-                        run_name=f"{STAGE}/{settings.name}",
+                        run_name=nested_run_name(settings.name, "final"),
                         nested=True,
                         tags={**tags, "cxrdet.stage": STAGE, "cxrdet.model": settings.name},
                     )
@@ -156,6 +165,21 @@ def run(root: Path) -> None:
                 }
                 log_numeric(
                     {key: scores[done.settings.name][key] for key in ("epochs", "last_train_loss")}
+                )
+                log_history(history, done.settings.name, active.info.run_id)
+                log_model_files(
+                    f"{done.settings.name}-final",
+                    [models / done.settings.model_file],
+                    model_card(
+                        f"{done.settings.name}, trained on every non-holdout image",
+                        {**tags, "stage": STAGE, **scores[done.settings.name]},
+                        f"`cxrdet.families.get_family({done.settings.family!r}).load(path)`; the "
+                        "ensemble that serves is the registered model (`cxrdet registry list`).",
+                    ),
+                    model_type="cxrdet.detector",
+                    params={"family": done.settings.family, "epochs": done.result.epochs},
+                    tags=tags,
+                    run_id=active.info.run_id,
                 )
                 print(
                     f"final {done.settings.name}: {done.result.epochs} epochs on {len(ids['train'])} images "

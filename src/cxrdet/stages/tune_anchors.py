@@ -23,6 +23,7 @@ from cxrdet.models.anchors import resolve_anchors
 from cxrdet.models.retinanet import create_detector_backbone, pyramid_levels
 from cxrdet.paths import ANCHORS, FOLDS, PREPARED_DETECT, PRETRAINED
 from cxrdet.runtime.session import start_runtime, stop_runtime
+from cxrdet.tracking.inputs import log_dataset
 from cxrdet.tracking.runs import log_numeric, stage_run
 from cxrdet.train.detector import detector_data
 from cxrdet.tuning.anchors import tune_anchors
@@ -60,6 +61,12 @@ def run(root: Path) -> None:
             },
             tracking_uri=params.tracking.tracking_uri,
         ):
+            log_dataset(
+                prepared.images,
+                name="detect",
+                data_hash=prepared.info["data_hash"],
+                source=root / PREPARED_DETECT,
+            )
             if tune.enabled:
                 result = tune_anchors(
                     detector,
@@ -74,10 +81,15 @@ def run(root: Path) -> None:
                     params.pretrain.allow_download,
                 )
                 anchors, summary = result.anchors, result.summary
-                # configured_<monitor> (params' anchors) beside best_<monitor> (the best tuned)
-                scores = (f"configured_{detector.monitor}", f"best_{detector.monitor}")
-                keys = ("trials", "budget", *scores)
-                log_numeric({key: summary[key] for key in keys} | {"bpr": summary["bpr"]})
+                # configured.val.<monitor> (params' anchors) beside best.val.<monitor> (the best
+                # tuned), the names each trial logs its own score under
+                monitor = detector.monitor
+                scores = {
+                    f"configured_val_{monitor}": summary[f"configured_{monitor}"],
+                    f"best_val_{monitor}": summary[f"best_{monitor}"],
+                }
+                keys = ("trials", "budget", "bpr")
+                log_numeric({key: summary[key] for key in keys} | scores)
                 mlflow.set_tag("cxrdet.anchors", "configured" if summary["configured"] else "tuned")
             else:
                 _, strides = pyramid_levels(

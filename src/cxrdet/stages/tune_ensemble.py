@@ -32,8 +32,8 @@ from cxrdet.tuning.ensemble import (
     read_fold_predictions,
     score_recipe,
     tune_ensemble,
-    write_study_plots,
 )
+from cxrdet.tuning.study_plots import PLOTLY_JS, write_study_plots
 
 JOURNAL = "results/tuning/ensemble.journal"
 HTML = "results/tuning/ensemble_study.html"
@@ -102,13 +102,15 @@ def run(root: Path) -> None:
         write_study_plots(study, root / HTML, {kind: root / path for kind, path in PNGS.items()})
         log_numeric(
             {
-                f"best_{metric}": summary[metric],
-                f"untuned_{metric}": summary["untuned"][metric],
+                f"best_oof_{metric}": summary[metric],  # the recipe kept: tuned or untuned
+                f"untuned_oof_{metric}": summary["untuned"][metric],
                 "trials": summary.get("trials", {}),
             }
         )
-        for path in (ENSEMBLE, HTML, *PNGS.values()):
+        for path in (ENSEMBLE, *PNGS.values()):
             mlflow.log_artifact(str(root / path))
+        for path in (HTML, Path(HTML).with_name(PLOTLY_JS)):  # the page and the script it loads
+            mlflow.log_artifact(str(root / path), artifact_path="study")
     untuned = summary["untuned"][metric]
     print(
         f"ensemble recipe ({summary['source']}): out-of-fold {metric} {_text(summary[metric])} "

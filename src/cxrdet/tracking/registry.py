@@ -49,6 +49,7 @@ def register_version(name: str, model_uri: str, tags: Mapping[str, str]) -> Any:
 
     version = mlflow.register_model(model_uri, name, tags=dict(tags))
     client().set_registered_model_alias(name, CHALLENGER, version.version)
+    describe_model(name)
     return version
 
 
@@ -159,6 +160,65 @@ def _record(name: str, version: str, decision: Decision) -> None:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     verdict = "promoted" if decision.promote else "not promoted"
     client().set_model_version_tag(name, version, GATE_TAG, f"{stamp} {verdict}: {decision.reason}")
+    describe_model(name)
+
+
+# Identity tags a version is compared on with the one before it: what changed.
+CHANGE_TAGS = {
+    "cxrdet.git_commit": "code",
+    "cxrdet.params_hash": "params",
+    "cxrdet.data_hash": "data",
+}
+
+
+def describe_version(name: str, version: str, decision: Decision) -> None:
+    """The version's description (the registry page's first line about it): its holdout
+    metric against the champion's (the gate's verdict), what it was trained on, and what
+    changed since the version before it."""
+    current = _version(name, version)
+    tags = current.tags
+    metric, value = tags.get(METRIC_TAG), score(current)
+    shown = "none" if value is None else f"{value:.4f}"
+    lines = [
+        f"Holdout {metric} {shown}. Against the champion: {decision.reason}.",
+        f"Data hash {tags.get('cxrdet.data_hash')}, params hash {tags.get('cxrdet.params_hash')}, "
+        f"commit {str(tags.get('cxrdet.git_commit'))[:12]}, detectors: {tags.get('cxrdet.detectors')}.",
+        f"Changed since the previous version: {changes(name, current)}.",
+    ]
+    client().update_model_version(name, version, description="\n\n".join(lines))
+
+
+def changes(name: str, current: Any) -> str:
+    """What differs between `current` and the version before it (code, params, data)."""
+    earlier = [
+        v
+        for v in client().search_model_versions(f"name = '{name}'")
+        if int(v.version) < int(current.version)
+    ]
+    if not earlier:
+        return "nothing (the first version)"
+    previous = max(earlier, key=lambda v: int(v.version))
+    changed = [
+        what for tag, what in CHANGE_TAGS.items() if current.tags.get(tag) != previous.tags.get(tag)
+    ]
+    if not changed:
+        return f"nothing since version {previous.version} (the same code, params and data)"
+    return f"{', '.join(changed)} (against version {previous.version})"
+
+
+def describe_model(name: str) -> None:
+    """The registered model's description: which version each alias points to now (the
+    registry's list shows one alias per model; the description shows them all)."""
+    aliases = _registered(name).aliases
+    held = ", ".join(f"{alias}: version {version}" for alias, version in sorted(aliases.items()))
+    client().update_registered_model(
+        name,
+        description=(
+            f"The cxrdet ensemble (classifiers, detectors, tuned recipe, preprocessing) as one "
+            f"pyfunc model. Aliases now: {held or 'none'}. Load `models:/{name}@{CHAMPION}`; "
+            f"`cxrdet registry list` shows every version's holdout metrics and gate decisions."
+        ),
+    )
 
 
 def _safe(name: str) -> str:
@@ -197,6 +257,7 @@ def rollback(name: str) -> tuple[str, str]:
             GATE_TAG,
             f"{stamp} champion again: rollback from version {current.version}",
         )
+        describe_model(name)
         return str(current.version), previous
 
 

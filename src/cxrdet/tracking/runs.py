@@ -7,11 +7,12 @@ import signal
 import socket
 import subprocess
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from cxrdet.tracking.names import metric_key
 from cxrdet.tracking.store import configure, ensure_experiment
 
 GIT_COMMIT_TAG = "mlflow.source.git.commit"  # MLflow's own tag, shown in its UI
@@ -186,14 +187,41 @@ def _end_runs(run: Any, status: str) -> None:
             break
 
 
-def log_numeric(values: Mapping[str, Any], prefix: str = "", step: int | None = None) -> None:
-    """Log every numeric leaf of a nested mapping as a metric named by its dotted path."""
+def log_numeric(
+    values: Mapping[str, Any], prefix: str = "", step: int | None = None, run_id: str | None = None
+) -> None:
+    """Log every numeric leaf of a nested mapping as a metric named by its dotted path, in the
+    project's naming scheme (cxrdet.tracking.names): every metric goes through here. To the
+    active run, or to `run_id`."""
     import mlflow
 
     numeric = {
-        f"{prefix}{key}": float(value)
+        metric_key(f"{prefix}{key}"): float(value)
         for key, value in flatten(values).items()
         if isinstance(value, (int, float)) and not isinstance(value, bool)
     }
     if numeric:
-        mlflow.log_metrics(numeric, step=step)
+        mlflow.log_metrics(numeric, step=step, run_id=run_id)
+
+
+def log_history(history: Sequence[Mapping[str, float]], model: str, run_id: str) -> None:
+    """A model's per-epoch metrics (step = epoch), logged on its nested run while it trained,
+    again on the stage's run `run_id` under the model's name (`retinanet.val.rsna`): the
+    stage's chart view shows every model's curves without opening nested runs."""
+    for epoch, values in enumerate(history, start=1):
+        log_numeric(values, prefix=f"{model}.", step=epoch, run_id=run_id)
+
+
+RUN_NAME_CHARS = 20  # what the runs table shows of a name before cutting it
+
+
+def nested_run_name(model: str, suffix: str) -> str:
+    """`<model> <suffix>` ("demo_opacity f0", "retinanet final") in RUN_NAME_CHARS characters.
+    A nested run sits under its stage's run, so it does not repeat the stage's name; a long
+    model name loses its middle, keeping its start and its end, where variant names tend to
+    differ (`inception_resnet_v2_256` / `_320`)."""
+    room = RUN_NAME_CHARS - len(suffix) - 1
+    if len(model) > room:
+        head = (room - 1) // 2
+        model = f"{model[:head]}~{model[len(model) - (room - 1 - head) :]}"
+    return f"{model} {suffix}"

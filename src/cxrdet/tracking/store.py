@@ -26,6 +26,13 @@ USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
 OFFLINE_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
 
 
+# MLflow 3's UI opens an experiment without this tag as a GenAI one (traces, "Detect issues");
+# this project trains models, so its experiments open on the runs table. The tag and its
+# values are the UI's (mlflow/server/js: ExperimentKind), not a Python constant of MLflow's.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
 # `dvc exp run --queue/--temp` runs stages in <project>/.dvc/tmp/exps/<tmp>/, a copy that
 # is deleted afterwards: its runs belong in the project's store, not in the copy's.
 QUEUE_COPY_PARTS = (".dvc", "tmp", "exps")
@@ -62,7 +69,8 @@ def configure(root: Path, tracking_uri: str | None = None) -> str:
 
 
 def ensure_experiment(name: str, root: Path) -> str:
-    """The experiment's id, creating it (with artifacts under mlruns/artifacts/) if needed.
+    """The experiment's id, creating it (with artifacts under mlruns/artifacts/) if needed,
+    declared a model-training experiment (EXPERIMENT_KIND_TAG) so the UI opens its runs table.
 
     The first touch of a sqlite store creates its schema; parallel stages (`dvc queue start
     -j N`, torchrun ranks, tuning workers) would race on it, so it happens under a file lock.
@@ -82,11 +90,17 @@ def ensure_experiment(name: str, root: Path) -> str:
             client = MlflowClient()
             experiment = client.get_experiment_by_name(name)
             if experiment is not None:
+                if experiment.tags.get(EXPERIMENT_KIND_TAG) is None:  # a store from before the tag
+                    client.set_experiment_tag(
+                        experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
+                    )
                 return experiment.experiment_id
             # A tracking server stores (or proxies) artifacts itself; a local store keeps them in mlruns/.
             served = urlparse(uri).scheme in ("http", "https")
             location = None if served else (artifact_root(root) / name).as_uri()
-            return client.create_experiment(name, artifact_location=location)
+            return client.create_experiment(
+                name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+            )
         except MlflowException as error:
             # Stages on other machines (the lock is this machine's) may have created it meanwhile.
             if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):

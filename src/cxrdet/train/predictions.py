@@ -15,6 +15,11 @@ import pandas as pd
 
 from cxrdet.io import atomic_path
 from cxrdet.metrics.classification import binary_metrics
+from cxrdet.tracking.runs import log_numeric
+
+# A margin around [0, 1]: a perfect classifier's curve runs along TPR 1.0 and the left edge,
+# where the frame would hide it.
+ROC_LIMITS = (-0.02, 1.02)
 
 
 def opacity_truth(images: pd.DataFrame, boxes: pd.DataFrame) -> pd.Series:
@@ -54,6 +59,14 @@ def summarize(tables: Mapping[str, pd.DataFrame], truth: pd.Series) -> dict:
     return summary
 
 
+def log_summary(summary: Mapping) -> None:
+    """A `summarize` table's numbers in MLflow, each variant's under its name
+    (`demo_label.oof.auc`, the naming scheme's model prefix); a fold number is a tag and a
+    param of the run, not a metric."""
+    models = summary.get("models", {})
+    log_numeric({k: v for k, v in summary.items() if k not in ("fold", "models")} | models)
+
+
 def roc_curves(
     tables: Mapping[str, pd.DataFrame], truth: pd.Series
 ) -> dict[str, tuple[pd.Series, pd.Series]]:
@@ -88,14 +101,14 @@ def plot_roc(curves: Mapping[str, tuple[pd.Series, pd.Series]], path: Path, titl
         y = truth.loc[score.index].to_numpy()
         fpr, tpr, _ = roc_curve(y, score.to_numpy())
         auc = binary_metrics(y, score.to_numpy()).roc_auc
-        axes.plot(fpr, tpr, label=f"{label} (AUC {auc:.3f}, n={len(y)})")
+        axes.plot(fpr, tpr, label=f"{label} (AUC {auc:.3f}, n={len(y)})", clip_on=False)
     axes.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
     axes.set(
         xlabel="false positive rate",
         ylabel="true positive rate",
         title=title,
-        xlim=(0, 1),
-        ylim=(0, 1.01),
+        xlim=ROC_LIMITS,
+        ylim=ROC_LIMITS,
     )
     axes.legend(loc="lower right", fontsize=7)
     figure.tight_layout()

@@ -54,6 +54,7 @@ from cxrdet.train.detector import (
 )
 from cxrdet.tuning.study import (
     finished_trials,
+    log_best_trial,
     make_pruner,
     open_study,
     report_epoch,
@@ -228,7 +229,7 @@ def tune_anchors(
         bpr = best_possible_recall(box_wh, anchors.shapes())
         trial.set_user_attr("anchors", anchors.to_dict())
         trial.set_user_attr("bpr", bpr)
-        mlflow.log_metrics({"bpr": bpr, "anchors_per_location": anchors.per_location})
+        log_numeric({"bpr": bpr, "anchors_per_location": anchors.per_location})
         mlflow.set_tag("cxrdet.anchors", "configured" if is_configured else "tuned")
         # The configured anchors are never pruned: their score is the yardstick.
         if bpr < tune.min_bpr and not is_configured:
@@ -263,15 +264,17 @@ def tune_anchors(
                 on_epoch_end=on_epoch_end,
                 desc=f"anchor trial {trial.number}",
             )
-        return _finite(result.best_score)
+        value = _finite(result.best_score)
+        log_numeric({f"best_val_{detector.monitor}": value})
+        return value
 
     tags = {"cxrdet.stage": "tune_anchors", "optuna.study": name}
-    run_trials(study, objective, budget.trials, tags=tags)
+    run_trials(study, objective, budget.trials, tags=tags, label="anchor-trial")
     if choose(study.get_trials(deepcopy=False), tune.min_gain) is None:
         # A run killed in trial 0 leaves it RUNNING for good (a journal has no heartbeat): train
         # the configured anchors again, one trial past the budget, so there is a score to beat.
         study.enqueue_trial(point or {}, user_attrs=attrs)
-        run_trials(study, objective, finished_trials(study) + 1, tags=tags)
+        run_trials(study, objective, finished_trials(study) + 1, tags=tags, label="anchor-trial")
     trials = study.get_trials(deepcopy=False)
     counts = {
         state.name.lower(): sum(t.state == state for t in trials)
@@ -284,6 +287,7 @@ def tune_anchors(
             "see its MLflow run"
         )
     baseline, best, chosen = choice
+    log_best_trial(chosen)
     key = f"study {name}, trial {chosen.number}"
     anchors = AnchorConfig.from_dict(chosen.user_attrs["anchors"], key=key)
     metric = detector.monitor

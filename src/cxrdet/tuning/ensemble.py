@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
 import optuna
 import pandas as pd
 from optuna.trial import TrialState
@@ -56,9 +55,15 @@ from cxrdet.ensemble import (
 from cxrdet.ensemble.gating import NOT_NORMAL_COLUMN
 from cxrdet.errors import CxrdetError
 from cxrdet.formats import competition_score, metric_name, resolve_objective
-from cxrdet.io import atomic_path
 from cxrdet.paths import CLASSIFIER_FOLDS, DETECTOR_FOLDS
-from cxrdet.tuning.study import open_study, run_trials, study_name, trial_reason
+from cxrdet.tracking.runs import log_numeric
+from cxrdet.tuning.study import (
+    log_best_trial,
+    open_study,
+    run_trials,
+    study_name,
+    trial_reason,
+)
 
 COMPLETE, PRUNED, FAIL = TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL
 Spec = UnitRange | ShrinkRange | CountRange | Sequence[str]
@@ -329,7 +334,7 @@ def tune_ensemble(
         trial.set_user_attr("recipe", recipe.to_dict())
         value = score_recipe(data, recipe, objective)
         if mlflow.active_run() is not None:
-            mlflow.log_metric(metric, value)
+            log_numeric({f"oof_{metric}": value})  # trials score out-of-fold predictions
         return value
 
     # Optuna logs each failed trial with its traceback; the reasons are kept in the study, the
@@ -341,6 +346,7 @@ def tune_ensemble(
         tune.trials,
         tags={"cxrdet.stage": "tune_ensemble", "optuna.study": name},
         catch=(CxrdetError,),
+        label="ens-trial",
     )
     trials = study.get_trials(deepcopy=False)
     counts = {
@@ -355,6 +361,8 @@ def tune_ensemble(
             f"trial failures: {reasons[:3]}"
         )
     best = max(completed, key=lambda t: (t.value, -t.number)) if completed else None
+    if best is not None and mlflow.active_run() is not None:
+        log_best_trial(best)
     tuned = best is not None and (untuned is None or best.value >= untuned)
     recipe = base
     if tuned:
@@ -380,58 +388,3 @@ def tune_ensemble(
         "fold_fusion": "not tuned: out of fold each image has one fold model (ensemble.fold_fusion is used)",
     }
     return EnsembleTuneResult(recipe, summary, study)
-
-
-# ---------------------------------------------------------------- plots
-
-
-def write_study_plots(study: optuna.Study, html_path: Path, png_paths: Mapping[str, Path]) -> None:
-    """Optimisation history, parameter importances and parallel coordinates: one HTML page
-    (plotly, its script embedded once so it opens offline) and a PNG each (matplotlib). A plot
-    that cannot be drawn yet (e.g. importances need 2+ completed trials) is a PNG saying why."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only
-    import matplotlib.pyplot as plt
-    from optuna import visualization as plotly_plots
-    from optuna.visualization import matplotlib as mpl_plots
-
-    # Parallel coordinates of the knobs every trial has: a method's own parameters (view_fusion.*,
-    # gating.*) exist in some trials only, and the view switches are many booleans.
-    completed = [t.params for t in study.get_trials(deepcopy=False, states=(COMPLETE,))]
-    shared = sorted(set.intersection(*map(set, completed)) if completed else set())
-    makers = {
-        "history": ("plot_optimization_history", {}),
-        "importances": ("plot_param_importances", {}),
-        "parallel": (
-            "plot_parallel_coordinate",
-            {"params": [p for p in shared if "." not in p] or None},
-        ),
-    }
-    sections: list[str] = []
-    embedded = False  # plotly.js goes into the page once, with the first figure drawn
-    for kind, (maker, options) in makers.items():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the matplotlib backend is "experimental"
-            try:
-                figure = getattr(plotly_plots, maker)(study, **options)
-                sections.append(figure.to_html(full_html=False, include_plotlyjs=not embedded))
-                embedded = True
-            except Exception as error:  # noqa: BLE001 - a plot is a report, never a reason to fail
-                sections.append(f"<p>{kind}: not drawn ({error})</p>")
-            try:
-                axes = getattr(mpl_plots, maker)(study, **options)
-                figure = (np.ravel(axes)[0] if isinstance(axes, np.ndarray) else axes).figure
-            except Exception as error:  # noqa: BLE001
-                figure = plt.figure()
-                figure.text(0.02, 0.5, f"{kind}: not drawn ({error})", fontsize=8, wrap=True)
-            figure.set_size_inches(10, 5.5)
-            figure.tight_layout()
-            with atomic_path(png_paths[kind]) as partial:
-                figure.savefig(partial, dpi=90, format="png")
-            plt.close(figure)
-    with atomic_path(html_path) as partial:
-        partial.write_text(
-            f"<html><head><meta charset='utf-8'><title>{study.study_name}</title></head><body>"
-            f"<h2>{study.study_name}</h2>{''.join(sections)}</body></html>\n"
-        )

@@ -32,6 +32,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from cxrdet.config import PrunerParams, StudyParams
 from cxrdet.errors import CxrdetError
+from cxrdet.tracking.runs import log_numeric
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 Objective = Callable[[optuna.Trial], float]
@@ -118,31 +119,36 @@ def run_trials(
     trials: int,
     tags: Mapping[str, str] | None = None,
     catch: tuple[type[Exception], ...] = (),
+    label: str = "trial",
 ) -> None:
     """Run trials until `trials` of them have finished (complete or pruned), counting those of
     earlier runs and of other workers; each trial is a nested MLflow run. A trial raising one
     of `catch` is recorded as failed (its reason in the user attribute "fail_reason") and the
-    study goes on; failed trials do not count, but this call runs at most `trials` trials."""
+    study goes on; failed trials do not count, but this call runs at most `trials` trials.
+    Runs are named `<label>-<number>`: a label per study (`ens-trial`, `anchor-trial`) tells
+    the trials of two studies apart in the runs table."""
     remaining = trials - finished_trials(study)
     if remaining <= 0:
         return
     study.optimize(
-        tracked(objective, tags or {}),
+        tracked(objective, tags or {}, label),
         n_trials=remaining,
         catch=catch,
         callbacks=[optuna.study.MaxTrialsCallback(trials, states=FINISHED)],
     )
 
 
-def tracked(objective: Objective, tags: Mapping[str, str]) -> Objective:
-    """`objective` inside a nested MLflow run holding the trial's params, value and state."""
+def tracked(objective: Objective, tags: Mapping[str, str], label: str = "trial") -> Objective:
+    """`objective` inside a nested MLflow run holding the trial's params and state; the
+    objective logs its value under its own metric name (oof.rsna_score, best.val.rsna), the
+    column its stage's run and the other stages share."""
 
     def run(trial: optuna.Trial) -> float:
         if mlflow.active_run() is None:
             return _recording_failure(objective, trial)
         pruned: optuna.TrialPruned | None = None
         with mlflow.start_run(
-            run_name=f"trial-{trial.number}",
+            run_name=f"{label}-{trial.number}",
             nested=True,
             tags={**tags, "optuna.trial": str(trial.number)},
         ) as active:
@@ -158,13 +164,19 @@ def tracked(objective: Objective, tags: Mapping[str, str]) -> Objective:
                 raise
             mlflow.log_params({k: str(v) for k, v in trial.params.items()})
             mlflow.set_tag("optuna.state", "PRUNED" if pruned else "COMPLETE")
-            if pruned is None:
-                mlflow.log_metric("objective", value)
         if pruned is not None:
             raise pruned
         return value
 
     return run
+
+
+def log_best_trial(trial: optuna.trial.FrozenTrial) -> None:
+    """On the stage's run (the trials' parent): which trial won, with what params and value
+    (params `best.trial.<name>`, metrics `best.trial.number` and `best.trial.value`, the
+    same columns for every study), so the study's run answers without opening its trials."""
+    mlflow.log_params({f"best.trial.{k}": str(v) for k, v in trial.params.items()})
+    log_numeric({"best.trial": {"number": trial.number, "value": trial.value}})
 
 
 def _recording_failure(objective: Objective, trial: optuna.Trial) -> float:
