@@ -160,7 +160,8 @@ def test_a_fold_stage_killed_mid_training_resumes_on_the_next_repro(clone, tmp_p
     metrics = root / "results/detector/folds/fold1/metrics.json"
     uninterrupted = json.loads(metrics.read_text())
     checkpoint = root / "models/checkpoints/train_detector@1/retinanet/last.pt"  # <stage>/<family>/
-    # --force: this fold finished before, so DVC would check its cached result out instead of running.
+    # --force: this fold finished before, so DVC would check its cached result out instead of
+    # running.
     stage = ["dvc", "repro", "--single-item", "--force", "train_detector@1"]
     # SIGTERM first (the stage closes its own run), then SIGKILL (it cannot: the next run does).
     for attempt, signum in enumerate((signal.SIGTERM, signal.SIGKILL)):

@@ -92,7 +92,8 @@ def ablations(
     variants: dict[str, tuple[EnsembleRecipe, list[int] | None, list[str] | None]] = {
         "ensemble": (recipe, None, None)
     }
-    # Final detectors (FINAL_FOLD: stage train_detector_final) have no fold: "ensemble" is them alone.
+    # Final detectors (FINAL_FOLD: stage train_detector_final) have no fold: "ensemble" is them
+    # alone.
     variants |= {f"fold{k}": (recipe, [k], None) for k in folds if k != FINAL_FOLD}
     variants["no_tta"] = (
         recipe.with_changes(detector_views=("original",), classifier_views=1),

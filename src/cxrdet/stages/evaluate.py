@@ -118,7 +118,8 @@ def run(root: Path) -> None:
         stop_runtime()
     score = metrics[metrics["metric"]]
     print(
-        f"holdout {metrics['metric']} {'n/a' if score is None else f'{score:.4f}'} (AUC {metrics['auc']}) "
+        f"holdout {metrics['metric']} {'n/a' if score is None else f'{score:.4f}'} (AUC "
+        f"{metrics['auc']}) "
         f"over {len(image_ids)} images; ablation: "
         + ", ".join(f"{k} {v['score']}" for k, v in metrics["ablation"].items())
         + f" -> {EVALUATE}"
@@ -141,8 +142,8 @@ def report(
     layout.write_submission(final, out / "submission.csv", class_names, ids)
     write_truth_file(fmt, holdout.truth, ids, class_names, out / "truth.csv")
     command = (
-        f"cxrdet evaluate --format {layout.key} --truth {EVALUATE}/truth.csv --submission {EVALUATE}/submission.csv"
-        + layout.evaluate_flags
+        f"cxrdet evaluate --format {layout.key} --truth {EVALUATE}/truth.csv --submission "
+        f"{EVALUATE}/submission.csv" + layout.evaluate_flags
     )
 
     metric, truth = metric_name(fmt, holdout.objective), holdout.opacity_truth()

@@ -164,7 +164,8 @@ def check_against_evaluate(
     difference = box_difference(comparable(output_boxes(output), fmt, image_ids), expected)
     if difference is not None:
         raise CxrdetError(
-            f"the logged model {model_uri} disagrees with {Path(EVALUATE) / 'submission.csv'} on {difference}; "
+            f"the logged model {model_uri} disagrees with {Path(EVALUATE) / 'submission.csv'} "
+            f"on {difference}; "
             "rerun `dvc repro evaluate` (its outputs may be stale) before registering"
         )
 

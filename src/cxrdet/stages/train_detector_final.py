@@ -182,8 +182,9 @@ def run(root: Path) -> None:
                     run_id=active.info.run_id,
                 )
                 print(
-                    f"final {done.settings.name}: {done.result.epochs} epochs on {len(ids['train'])} images "
-                    f"(folds' best epochs {best[done.settings.family]}) -> {models / done.settings.model_file}"
+                    f"final {done.settings.name}: {done.result.epochs} epochs on "
+                    f"{len(ids['train'])} images (folds' best epochs {best[done.settings.family]}) "
+                    f"-> {models / done.settings.model_file}"
                 )
             if main_process:
                 write_parquet(
@@ -224,7 +225,8 @@ def write_disabled(root: Path) -> None:
     write_json(disabled, root / DETECTOR_FINAL_MODELS / FINAL_MARKER)
     keep_only(root / DETECTOR_FINAL_MODELS, {FINAL_MARKER})
     print(
-        f"detector_final.enabled is false: evaluate, register and predict use the fold detectors -> {root / DETECTOR_FINAL_MODELS}"
+        "detector_final.enabled is false: evaluate, register and predict use the fold "
+        f"detectors -> {root / DETECTOR_FINAL_MODELS}"
     )
 
 

@@ -111,5 +111,6 @@ def run(root: Path) -> None:
             f"{'configured' if summary['configured'] else 'tuned'} (min_gain {tune.min_gain})"
         )
     print(
-        f"anchors ({summary['source']}): sizes {anchors.sizes}, scales {anchors.scales}, ratios {anchors.ratios} -> {ANCHORS}"
+        f"anchors ({summary['source']}): sizes {anchors.sizes}, scales {anchors.scales}, "
+        f"ratios {anchors.ratios} -> {ANCHORS}"
     )

@@ -55,7 +55,8 @@ def run(root: Path) -> None:
     missing = sorted(set(image_ids) - set(predictions.classifier["image_id"]))
     if missing:
         raise ConfigError(
-            f"classifier.folds {params.classifier.folds} must cover detector.folds {params.detector.folds}: "
+            f"classifier.folds {params.classifier.folds} must cover detector.folds "
+            f"{params.detector.folds}: "
             f"no out-of-fold classifier prediction for {len(missing)} images, e.g. {missing[0]!r}"
         )
     labels = list(prepared.info["image_labels"])
@@ -114,7 +115,8 @@ def run(root: Path) -> None:
     untuned = summary["untuned"][metric]
     print(
         f"ensemble recipe ({summary['source']}): out-of-fold {metric} {_text(summary[metric])} "
-        f"(untuned {_text(untuned)}) over {len(image_ids)} images, trials {summary.get('trials', {})} -> {ENSEMBLE}"
+        f"(untuned {_text(untuned)}) over {len(image_ids)} images, trials "
+        f"{summary.get('trials', {})} -> {ENSEMBLE}"
     )
 
 

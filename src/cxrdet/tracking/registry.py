@@ -182,7 +182,8 @@ def describe_version(name: str, version: str, decision: Decision) -> None:
     lines = [
         f"Holdout {metric} {shown}. Against the champion: {decision.reason}.",
         f"Data hash {tags.get('cxrdet.data_hash')}, params hash {tags.get('cxrdet.params_hash')}, "
-        f"commit {str(tags.get('cxrdet.git_commit'))[:12]}, detectors: {tags.get('cxrdet.detectors')}.",
+        f"commit {str(tags.get('cxrdet.git_commit'))[:12]}, detectors: "
+        f"{tags.get('cxrdet.detectors')}.",
         f"Changed since the previous version: {changes(name, current)}.",
     ]
     client().update_model_version(name, version, description="\n\n".join(lines))
@@ -244,7 +245,8 @@ def rollback(name: str) -> tuple[str, str]:
             history.pop()
         if not history:
             raise CxrdetError(
-                f"{name}: version {current.version} is the only champion there has been; nothing to roll back to"
+                f"{name}: version {current.version} is the only champion there has been; nothing "
+                "to roll back to"
             )
         previous = history[-1]
         _version(name, previous)
@@ -323,7 +325,8 @@ def _registered(name: str) -> Any:
         import mlflow
 
         raise CxrdetError(
-            f"no registered model {name!r} in {mlflow.get_tracking_uri()}; run `dvc repro register` first"
+            f"no registered model {name!r} in {mlflow.get_tracking_uri()}; run `dvc repro "
+            "register` first"
         ) from None
 
 

@@ -95,7 +95,8 @@ def ensure_experiment(name: str, root: Path) -> str:
                         experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
                     )
                 return experiment.experiment_id
-            # A tracking server stores (or proxies) artifacts itself; a local store keeps them in mlruns/.
+            # A tracking server stores (or proxies) artifacts itself; a local store keeps them in
+            # mlruns/.
             served = urlparse(uri).scheme in ("http", "https")
             location = None if served else (artifact_root(root) / name).as_uri()
             return client.create_experiment(

@@ -133,7 +133,8 @@ def score_recipe(data: TuningData, recipe: EnsembleRecipe, objective: str = "aut
     final = apply_recipe(data.predictions, recipe, data.class_names).boxes
     if final.empty:
         raise TrialFailed(
-            f"no box left on {len(data.image_ids)} images (score_threshold {recipe.score_threshold:g}, "
+            f"no box left on {len(data.image_ids)} images (score_threshold "
+            f"{recipe.score_threshold:g}, "
             f"gating {recipe.gating.rule})"
         )
     value = competition_score(data.fmt, data.truth, final, data.image_ids, objective)
@@ -264,8 +265,9 @@ def usable_rules(data: TuningData, offered: Sequence[str]) -> list[str]:
         rules = [rule for rule in rules if rule == "none"]
     if not rules:
         raise CxrdetError(
-            f"tune_ensemble.search.gating: none of {list(offered)} can be used (sqrt needs a classifier "
-            "variant with target: label on RSNA data; every rule but none needs classifier predictions)"
+            f"tune_ensemble.search.gating: none of {list(offered)} can be used (sqrt needs a "
+            "classifier variant with target: label on RSNA data; every rule but none needs "
+            "classifier predictions)"
         )
     return rules
 
@@ -312,7 +314,8 @@ def tune_ensemble(
         usable_rules(data, tune.search.gating),
         unsearched(data.fmt, objective, tune.search),
     )
-    # The fold fusion is no knob of the study (one fold model per image): changing it keeps the study.
+    # The fold fusion is no knob of the study (one fold model per image): changing it keeps the
+    # study.
     identity = {
         "inputs": fingerprint(data),
         "search": tune.search.model_dump(),
@@ -385,6 +388,7 @@ def tune_ensemble(
             {"trial": t.number, "reason": trial_reason(t)} for t in trials if t.state == FAIL
         ][:20],
         "n_images": len(data.image_ids),
-        "fold_fusion": "not tuned: out of fold each image has one fold model (ensemble.fold_fusion is used)",
+        "fold_fusion": "not tuned: out of fold each image has one fold model "
+        "(ensemble.fold_fusion is used)",
     }
     return EnsembleTuneResult(recipe, summary, study)

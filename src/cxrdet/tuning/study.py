@@ -66,7 +66,8 @@ def open_storage(spec: str | None, journal: Path) -> optuna.storages.BaseStorage
     url = storage_url(spec)
     if url.startswith("sqlite"):
         warnings.warn(
-            "study.storage: sqlite locks under parallel workers; use the journal file (null) or PostgreSQL",
+            "study.storage: sqlite locks under parallel workers; use the journal file (null) "
+            "or PostgreSQL",
             stacklevel=2,
         )
     shown = make_url(url).render_as_string(hide_password=True)
@@ -74,7 +75,8 @@ def open_storage(spec: str | None, journal: Path) -> optuna.storages.BaseStorage
         return optuna.storages.RDBStorage(url)
     except ImportError as error:
         raise CxrdetError(
-            f"study.storage {shown}: no database driver ({error}); for PostgreSQL: pip install -e '.[postgres]'"
+            f"study.storage {shown}: no database driver ({error}); for PostgreSQL: pip "
+            "install -e '.[postgres]'"
         ) from None
     except SQLAlchemyError as error:
         reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
