@@ -35,6 +35,7 @@ def tiny_params(folds: int) -> dict:
         "weights": "none",
         "frozen_bn": False,
         "freeze_encoder_epochs": 0,
+        "families": ["retinanet"],  # the two-stage family's stage: tests/test_two_stage_stage.py
     }
     params["detector"]["optim"] |= {"epochs": 2, "batch_size": 4}
     params["detector"]["tta"] |= {"hflip": True, "scales": [1.0, 1.2], "batch_size": 4}

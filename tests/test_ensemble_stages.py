@@ -46,7 +46,13 @@ def tiny_params(raw_dir: Path) -> dict:
     params["classifier"]["tta"] |= {"augmentations": 1}
     for variant in params["classifier"]["variants"]:
         variant["image_size"] = 64
-    params["detector"] |= {"folds": [0, 1], "weights": "none", "image_size": 128}
+    # write_fold_outputs writes the RetinaNet's (tests/test_two_stage_ensemble.py: both families)
+    params["detector"] |= {
+        "folds": [0, 1],
+        "weights": "none",
+        "image_size": 128,
+        "families": ["retinanet"],
+    }
     params["detector"]["decode"] |= {
         "score_floor": 0.0
     }  # untrained heads score ~0.01: keep their boxes
