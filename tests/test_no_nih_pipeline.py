@@ -80,10 +80,13 @@ def test_repro_up_to_pretrain_runs_without_nih_data(own_project):
     content = torch.load(root / "models/pretrained/test_resnet.pt", weights_only=True)
     assert content["kind"] == "backbone" and content["config"]["source"] == "none"
     assert json.loads((root / "results/pretrain/metrics.json").read_text()) == {"source": "none"}
-    # Nothing NIH was read or written: the prepared folder holds only its git-kept .gitignore,
-    # and no synthetic demo data was made.
-    kept = sorted(path.name for path in (root / "data/prepared/pretrain").iterdir())
-    assert kept == [".gitignore"]
+    # Nothing NIH was read or written: the prepared folder holds only what git keeps there (its
+    # .gitignore, the demo's committed stats.json), unchanged, and no demo data was made.
+    folder = "data/prepared/pretrain"
+    kept = sorted(path.name for path in (root / folder).iterdir())
+    tracked = run(["git", "ls-files", folder], root, env).stdout.split()
+    assert kept == sorted(Path(name).name for name in tracked)
+    assert run(["git", "status", "--porcelain", folder], root, env).stdout == ""
     assert not (root / "data/raw/demo").exists()
     status = run(["dvc", "status", "split", "pretrain"], root, env).stdout
     assert "up to date" in status, status
