@@ -408,7 +408,7 @@ def test_stage_through_dvc_disabled_then_enabled_then_resumed(demo_raw, tmp_path
                 "WHERE r.name = 'tune_anchors'"
             )
         }
-    assert {"configured_rsna", "best_rsna"} <= logged
+    assert {"configured.val.rsna", "best.val.rsna"} <= logged  # tracking/names.py
     study = journal.read_bytes()
     assert study
 
