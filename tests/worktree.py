@@ -38,9 +38,9 @@ def run(
     return completed
 
 
-def demo_clone(source: Path, target: Path) -> tuple[Path, dict]:
-    """The working tree as a fresh git repository at `target` after `dvc repro` (the demo
-    pipeline, ~10 min on 2 idle cores); (its root, the environment its commands run in)."""
+def fresh_project(source: Path, target: Path) -> tuple[Path, dict]:
+    """The working tree as one commit of a new git repository at `target` (what a clone of
+    it holds); (its root, the environment its commands run in)."""
     copy_worktree(source, target)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "CXRDET_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
@@ -53,5 +53,11 @@ def demo_clone(source: Path, target: Path) -> tuple[Path, dict]:
     run(["git", "init", "-q"], target, env)
     run(["git", "add", "-A"], target, env)
     run(["git", "commit", "-qm", "snapshot"], target, env)
-    run(["dvc", "repro"], target, env, timeout=3000)
     return target, env
+
+
+def demo_clone(source: Path, target: Path) -> tuple[Path, dict]:
+    """`fresh_project` after `dvc repro` (the demo pipeline, ~10 min on 2 idle cores)."""
+    root, env = fresh_project(source, target)
+    run(["dvc", "repro"], root, env, timeout=3000)
+    return root, env
