@@ -44,6 +44,14 @@ def test_top_level_stage_runs_since_a_moment_in_start_order(tmp_path, capsys, pr
     (tmp_path / "params.yaml").write_text(text.replace("experiment: cxrdet", "experiment: timed"))
     assert main(["stage-times", "--since", str(since), "--root", str(tmp_path)]) == 0
     assert "train_detector@1" in capsys.readouterr().out
+    total = timings["seconds"].sum()
+    wall = 3 * total
+    assert (
+        main(["stage-times", "--since", str(since), "--root", str(tmp_path), "--wall", str(wall)])
+        == 0
+    )
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith(f"wall time {wall:.0f} s = 3.00x the stages' own time"), last
     assert format_timings(
         stage_timings(tmp_path, "timed", int(time.time() * 1000) + 60_000)
     ).startswith("no stage ran")

@@ -10,7 +10,6 @@ Writes models/pretrained/<backbone>.pt and results/pretrain/metrics.json (per-la
 from __future__ import annotations
 
 import shutil
-from contextlib import nullcontext
 from pathlib import Path
 
 import mlflow
@@ -22,8 +21,9 @@ from cxrdet.models.backbone import check_timm_name, create_backbone, save_backbo
 from cxrdet.paths import CHECKPOINTS, PREPARED_PRETRAIN, PRETRAIN_METRICS, PRETRAINED
 from cxrdet.runtime.seed import seed_everything
 from cxrdet.runtime.session import start_runtime, stop_runtime
+from cxrdet.stages.training_runs import main_stage_run
 from cxrdet.tracking.inputs import log_dataset
-from cxrdet.tracking.runs import log_numeric, stage_run
+from cxrdet.tracking.runs import log_numeric
 from cxrdet.train.classifier import pretrain_backbone, pretrain_summary
 
 
@@ -40,21 +40,17 @@ def run(root: Path) -> None:
     tags = {"cxrdet.source": pretrain.source}
     if prepared is not None:
         tags |= {"cxrdet.dataset": "pretrain", "cxrdet.data_hash": prepared.info["data_hash"]}
-    run = (
-        stage_run(
-            "pretrain",
-            root=root,
-            experiment=params.tracking.experiment,
-            tags=tags,
-            params={
-                "pretrain": pretrain.model_dump(),
-                "train": params.train.model_dump(),
-                "backbones": sorted(keys),
-            },
-            tracking_uri=params.tracking.tracking_uri,
-        )
-        if main_process
-        else nullcontext()
+    run = main_stage_run(
+        main_process,
+        "pretrain",
+        root,
+        params,
+        tags,
+        {
+            "pretrain": pretrain.model_dump(),
+            "train": params.train.model_dump(),
+            "backbones": sorted(keys),
+        },
     )
     metrics: dict = {"source": pretrain.source}
     try:

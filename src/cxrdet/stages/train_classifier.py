@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from contextlib import nullcontext
 from pathlib import Path
 
 import mlflow
@@ -32,9 +31,15 @@ from cxrdet.paths import (
     PRETRAINED,
 )
 from cxrdet.runtime.session import start_runtime, stop_runtime
-from cxrdet.tracking.inputs import log_dataset
+from cxrdet.stages.training_runs import (
+    detect_tags,
+    log_detect_dataset,
+    main_stage_run,
+    model_run,
+    step_logger,
+)
 from cxrdet.tracking.logged_models import log_model_files, model_card
-from cxrdet.tracking.runs import log_history, log_numeric, nested_run_name, stage_run
+from cxrdet.tracking.runs import log_history, log_numeric
 from cxrdet.train.classifier import predict_classifier_views, train_fold_classifier
 from cxrdet.train.curves import plot_curves
 from cxrdet.train.predictions import log_summary, opacity_truth, plot_roc, roc_curves, summarize
@@ -49,61 +54,38 @@ def run(root: Path, fold: int) -> None:
         )
     prepared = read_prepared(root / PREPARED_DETECT)
     split = pd.read_parquet(root / FOLDS)
-    data_hash = prepared.info["data_hash"]
     stage = f"train_classifier@{fold}"
     checkpoints = root / CHECKPOINTS / stage
     results = root / CLASSIFIER_FOLDS / f"fold{fold}"
     runtime = start_runtime(params.train)
     main_process = runtime.context.is_main
-    tags = {"cxrdet.dataset": "detect", "cxrdet.data_hash": data_hash, "cxrdet.fold": str(fold)}
-    run = (
-        stage_run(
-            "train_classifier",
-            root=root,
-            experiment=params.tracking.experiment,
-            run_name=stage,
-            tags=tags,
-            params={
-                "classifier": params.classifier.model_dump(),
-                "train": params.train.model_dump(),
-                "world_size": runtime.context.world_size,
-                "fold": fold,
-            },
-            tracking_uri=params.tracking.tracking_uri,
-        )
-        if main_process
-        else nullcontext()
+    tags = detect_tags(prepared, str(fold))
+    run = main_stage_run(
+        main_process,
+        "train_classifier",
+        root,
+        params,
+        tags,
+        {
+            "classifier": params.classifier.model_dump(),
+            "train": params.train.model_dump(),
+            "world_size": runtime.context.world_size,
+            "fold": fold,
+        },
+        run_name=stage,
     )
     parts: dict[str, list[pd.DataFrame]] = {"oof": [], "holdout": []}
     ids = {
         "oof": np.asarray(fold_ids(split, fold), dtype=object),
         "holdout": np.asarray(fold_ids(split, HOLDOUT), dtype=object),
     }
-    log = (lambda values, step: log_numeric(values, step=step)) if main_process else None
+    log = step_logger(main_process)
     histories: dict[str, list[dict[str, float]]] = {}
     try:
         with run as active:
-            if main_process:
-                log_dataset(
-                    prepared.images,
-                    name="detect",
-                    data_hash=data_hash,
-                    source=root / PREPARED_DETECT,
-                )
+            log_detect_dataset(main_process, prepared, root)
             for number, variant in enumerate(params.classifier.variants):
-                child = (
-                    mlflow.start_run(
-                        run_name=nested_run_name(variant.name, f"f{fold}"),
-                        nested=True,
-                        tags={
-                            **tags,
-                            "cxrdet.stage": "train_classifier",
-                            "cxrdet.model": variant.name,
-                        },
-                    )
-                    if main_process
-                    else nullcontext()
-                )
+                child = model_run(main_process, "train_classifier", variant.name, f"f{fold}", tags)
                 with child:
                     if main_process:
                         mlflow.log_params(

@@ -13,10 +13,8 @@ and metrics.json (the first family's scores at the top, every family's under "mo
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
-from contextlib import nullcontext
 from pathlib import Path
 
 import mlflow
@@ -25,7 +23,7 @@ import pandas as pd
 from cxrdet.config import load_params
 from cxrdet.data.datasets import Prepared, read_prepared, truth_boxes
 from cxrdet.data.folds import HOLDOUT, fold_ids, training_ids
-from cxrdet.errors import ConfigError, CxrdetError
+from cxrdet.errors import ConfigError
 from cxrdet.evaluation import fold_overlay
 from cxrdet.infer.detector_tta import ORIGINAL
 from cxrdet.io import write_json, write_parquet
@@ -41,9 +39,16 @@ from cxrdet.paths import (
     PRETRAINED,
 )
 from cxrdet.runtime.session import start_runtime, stop_runtime
-from cxrdet.tracking.inputs import log_dataset
-from cxrdet.tracking.logged_models import log_model_files, model_card
-from cxrdet.tracking.runs import log_history, log_numeric, nested_run_name, stage_run
+from cxrdet.stages.training_runs import (
+    detect_tags,
+    log_detect_dataset,
+    log_family_model,
+    main_stage_run,
+    model_run,
+    read_tuned_anchors,
+    step_logger,
+)
+from cxrdet.tracking.runs import log_history, log_numeric
 from cxrdet.train.curves import plot_curves
 from cxrdet.train.detector import detector_data, train_families
 
@@ -54,10 +59,7 @@ def run(root: Path, fold: int) -> None:
     detector = params.detector
     if fold not in detector.folds:
         raise ConfigError(f"detector.folds: fold {fold} is not listed ({detector.folds})")
-    anchors_path = root / ANCHORS
-    if not anchors_path.is_file():
-        raise CxrdetError(f"{anchors_path}: not found; run `dvc repro tune_anchors` first")
-    tuned = json.loads(anchors_path.read_text())
+    tuned = read_tuned_anchors(root)
     prepared = read_prepared(root / PREPARED_DETECT)
     split = pd.read_parquet(root / FOLDS)
     ids = {
@@ -70,41 +72,26 @@ def run(root: Path, fold: int) -> None:
     results = root / DETECTOR_FOLDS / f"fold{fold}"
     runtime = start_runtime(params.train)
     main_process = runtime.context.is_main
-    tags = {
-        "cxrdet.dataset": "detect",
-        "cxrdet.data_hash": prepared.info["data_hash"],
-        "cxrdet.fold": str(fold),
-        "cxrdet.model": detector.name,
-    }
-    run = (
-        stage_run(
-            "train_detector",
-            root=root,
-            experiment=params.tracking.experiment,
-            run_name=stage,
-            tags=tags,
-            params={
-                "detector": detector.model_dump(),
-                "train": params.train.model_dump(),
-                "anchors": tuned,
-                "world_size": runtime.context.world_size,
-                "fold": fold,
-            },
-            tracking_uri=params.tracking.tracking_uri,
-        )
-        if main_process
-        else nullcontext()
+    tags = detect_tags(prepared, str(fold), **{"cxrdet.model": detector.name})
+    run = main_stage_run(
+        main_process,
+        "train_detector",
+        root,
+        params,
+        tags,
+        {
+            "detector": detector.model_dump(),
+            "train": params.train.model_dump(),
+            "anchors": tuned,
+            "world_size": runtime.context.world_size,
+            "fold": fold,
+        },
+        run_name=stage,
     )
     histories: dict[str, list[dict[str, float]]] = {}
     try:
         with run as active:
-            if main_process:
-                log_dataset(
-                    prepared.images,
-                    name="detect",
-                    data_hash=prepared.info["data_hash"],
-                    source=root / PREPARED_DETECT,
-                )
+            log_detect_dataset(main_process, prepared, root)
             data = detector_data(prepared, detector)
             weights = backbone_source(detector, root / PRETRAINED, params.pretrain.allow_download)
             parts: dict[str, list[tuple[pd.DataFrame, pd.DataFrame]]] = {"oof": [], "holdout": []}
@@ -123,20 +110,10 @@ def run(root: Path, fold: int) -> None:
                 weights=weights,
                 tuned_anchors=tuned,
                 tuned_key=ANCHORS,
-                family_run=lambda settings: (
-                    mlflow.start_run(
-                        run_name=nested_run_name(settings.name, f"f{fold}"),
-                        nested=True,
-                        tags={
-                            **tags,
-                            "cxrdet.stage": "train_detector",
-                            "cxrdet.model": settings.name,
-                        },
-                    )
-                    if main_process
-                    else nullcontext()
+                family_run=lambda settings: model_run(
+                    main_process, "train_detector", settings.name, f"f{fold}", tags
                 ),
-                log=(lambda values, step: log_numeric(values, step=step)) if main_process else None,
+                log=step_logger(main_process),
                 desc=f"fold {fold}",
             )
             for done in trained:  # the main process only, each inside its family's nested run
@@ -162,19 +139,15 @@ def run(root: Path, fold: int) -> None:
                 log_numeric(scores[name])
                 histories[name] = result.history
                 log_history(result.history, name, active.info.run_id)
-                log_model_files(
+                log_family_model(
                     f"{name}-fold{fold}",
-                    [root / DETECTOR_MODELS / f"fold{fold}" / done.settings.model_file],
-                    model_card(
-                        f"{name}, fold {fold}",
-                        {**tags, "stage": stage, **scores[name]},
-                        f"`cxrdet.families.get_family({done.settings.family!r}).load(path)`; the "
-                        "ensemble that serves is the registered model (`cxrdet registry list`).",
-                    ),
-                    model_type="cxrdet.detector",
-                    params={"fold": fold, "family": done.settings.family},
-                    tags=tags,
-                    run_id=active.info.run_id,
+                    done.settings.family,
+                    root / DETECTOR_MODELS / f"fold{fold}" / done.settings.model_file,
+                    f"{name}, fold {fold}",
+                    {**tags, "stage": stage, **scores[name]},
+                    {"fold": fold, "family": done.settings.family},
+                    tags,
+                    active.info.run_id,
                 )
                 print(
                     f"fold {fold}: out-of-fold RSNA {oof_score:.4f} ({name}, original view, "

@@ -21,9 +21,7 @@ with the contract's columns and metrics.json {"enabled": false}, in seconds.
 
 from __future__ import annotations
 
-import json
 import shutil
-from contextlib import nullcontext
 from pathlib import Path
 
 import mlflow
@@ -33,7 +31,6 @@ from cxrdet.config import load_params
 from cxrdet.data.datasets import read_prepared
 from cxrdet.data.folds import HOLDOUT, fold_ids, training_ids
 from cxrdet.ensemble.tables import KEY_COLUMNS
-from cxrdet.errors import CxrdetError
 from cxrdet.families import family_settings
 from cxrdet.infer.detector_tta import BOX_COLUMNS, FINAL_FOLD
 from cxrdet.infer.predictor import FINAL_MARKER
@@ -50,9 +47,16 @@ from cxrdet.paths import (
     PRETRAINED,
 )
 from cxrdet.runtime.session import start_runtime, stop_runtime
-from cxrdet.tracking.inputs import log_dataset
-from cxrdet.tracking.logged_models import log_model_files, model_card
-from cxrdet.tracking.runs import log_history, log_numeric, nested_run_name, stage_run
+from cxrdet.stages.training_runs import (
+    detect_tags,
+    log_detect_dataset,
+    log_family_model,
+    main_stage_run,
+    model_run,
+    read_tuned_anchors,
+    step_logger,
+)
+from cxrdet.tracking.runs import log_history, log_numeric
 from cxrdet.train.detector import detector_data, final_epochs, fold_best_epochs, train_families
 
 STAGE = "train_detector_final"
@@ -65,10 +69,7 @@ def run(root: Path) -> None:
         write_disabled(root)
         return
     detector = params.detector
-    anchors_path = root / ANCHORS
-    if not anchors_path.is_file():
-        raise CxrdetError(f"{anchors_path}: not found; run `dvc repro tune_anchors` first")
-    tuned = json.loads(anchors_path.read_text())
+    tuned = read_tuned_anchors(root)
     # Per family: its folds' best epochs (reported; with epochs null they may set the count).
     best = {
         family: fold_best_epochs(
@@ -87,42 +88,27 @@ def run(root: Path) -> None:
     ids = {"train": training_ids(split, None), "holdout": fold_ids(split, HOLDOUT)}
     runtime = start_runtime(params.train)
     main_process = runtime.context.is_main
-    tags = {
-        "cxrdet.dataset": "detect",
-        "cxrdet.data_hash": prepared.info["data_hash"],
-        "cxrdet.fold": "final",
-        "cxrdet.model": detector.name,
-    }
-    run = (
-        stage_run(
-            STAGE,
-            root=root,
-            experiment=params.tracking.experiment,
-            tags=tags,
-            params={
-                "detector": detector.model_dump(),
-                "detector_final": params.detector_final.model_dump(),
-                "train": params.train.model_dump(),
-                "anchors": tuned,
-                "epochs": epochs,
-                "world_size": runtime.context.world_size,
-            },
-            tracking_uri=params.tracking.tracking_uri,
-        )
-        if main_process
-        else nullcontext()
+    tags = detect_tags(prepared, "final", **{"cxrdet.model": detector.name})
+    run = main_stage_run(
+        main_process,
+        STAGE,
+        root,
+        params,
+        tags,
+        {
+            "detector": detector.model_dump(),
+            "detector_final": params.detector_final.model_dump(),
+            "train": params.train.model_dump(),
+            "anchors": tuned,
+            "epochs": epochs,
+            "world_size": runtime.context.world_size,
+        },
     )
     checkpoints = root / CHECKPOINTS / STAGE
     models, results = root / DETECTOR_FINAL_MODELS, root / DETECTOR_FINAL
     try:
         with run as active:
-            if main_process:
-                log_dataset(
-                    prepared.images,
-                    name="detect",
-                    data_hash=prepared.info["data_hash"],
-                    source=root / PREPARED_DETECT,
-                )
+            log_detect_dataset(main_process, prepared, root)
             data = detector_data(prepared, detector)
             weights = backbone_source(detector, root / PRETRAINED, params.pretrain.allow_download)
             tables: list[tuple[pd.DataFrame, pd.DataFrame]] = []
@@ -142,16 +128,10 @@ def run(root: Path) -> None:
                 tuned_anchors=tuned,
                 tuned_key=ANCHORS,
                 epochs=epochs,
-                family_run=lambda settings: (
-                    mlflow.start_run(
-                        run_name=nested_run_name(settings.name, "final"),
-                        nested=True,
-                        tags={**tags, "cxrdet.stage": STAGE, "cxrdet.model": settings.name},
-                    )
-                    if main_process
-                    else nullcontext()
+                family_run=lambda settings: model_run(
+                    main_process, STAGE, settings.name, "final", tags
                 ),
-                log=(lambda values, step: log_numeric(values, step=step)) if main_process else None,
+                log=step_logger(main_process),
                 desc="final",
             )
             for done in trained:  # the main process only, each inside its family's nested run
@@ -167,19 +147,15 @@ def run(root: Path) -> None:
                     {key: scores[done.settings.name][key] for key in ("epochs", "last_train_loss")}
                 )
                 log_history(history, done.settings.name, active.info.run_id)
-                log_model_files(
+                log_family_model(
                     f"{done.settings.name}-final",
-                    [models / done.settings.model_file],
-                    model_card(
-                        f"{done.settings.name}, trained on every non-holdout image",
-                        {**tags, "stage": STAGE, **scores[done.settings.name]},
-                        f"`cxrdet.families.get_family({done.settings.family!r}).load(path)`; the "
-                        "ensemble that serves is the registered model (`cxrdet registry list`).",
-                    ),
-                    model_type="cxrdet.detector",
-                    params={"family": done.settings.family, "epochs": done.result.epochs},
-                    tags=tags,
-                    run_id=active.info.run_id,
+                    done.settings.family,
+                    models / done.settings.model_file,
+                    f"{done.settings.name}, trained on every non-holdout image",
+                    {**tags, "stage": STAGE, **scores[done.settings.name]},
+                    {"family": done.settings.family, "epochs": done.result.epochs},
+                    tags,
+                    active.info.run_id,
                 )
                 print(
                     f"final {done.settings.name}: {done.result.epochs} epochs on "

@@ -23,7 +23,7 @@ from cxrdet.models.anchors import resolve_anchors
 from cxrdet.models.retinanet import create_detector_backbone, pyramid_levels
 from cxrdet.paths import ANCHORS, FOLDS, PREPARED_DETECT, PRETRAINED
 from cxrdet.runtime.session import start_runtime, stop_runtime
-from cxrdet.tracking.inputs import log_dataset
+from cxrdet.stages.training_runs import detect_tags, log_detect_dataset
 from cxrdet.tracking.runs import log_numeric, stage_run
 from cxrdet.train.detector import detector_data
 from cxrdet.tuning.anchors import tune_anchors
@@ -54,19 +54,10 @@ def run(root: Path) -> None:
                 "detector": detector.model_dump(),
                 "train": params.train.model_dump(),
             },
-            tags={
-                "cxrdet.dataset": "detect",
-                "cxrdet.data_hash": prepared.info["data_hash"],
-                "cxrdet.fold": str(tune.fold),
-            },
+            tags=detect_tags(prepared, str(tune.fold)),
             tracking_uri=params.tracking.tracking_uri,
         ):
-            log_dataset(
-                prepared.images,
-                name="detect",
-                data_hash=prepared.info["data_hash"],
-                source=root / PREPARED_DETECT,
-            )
+            log_detect_dataset(True, prepared, root)
             if tune.enabled:
                 result = tune_anchors(
                     detector,

@@ -42,8 +42,9 @@ def stage_timings(
     ).reset_index(drop=True)
 
 
-def format_timings(timings: pd.DataFrame) -> str:
-    """A plain-text table with the sum of the stages' times."""
+def format_timings(timings: pd.DataFrame, wall: float | None = None) -> str:
+    """A plain-text table with the sum of the stages' times; with `wall` (the whole run's
+    seconds), also what the run cost beyond its stages' own work, as a ratio."""
     if timings.empty:
         return "no stage ran (every stage was up to date)"
     width = max(len("stage run"), *(len(name) for name in timings["run"]))
@@ -51,5 +52,11 @@ def format_timings(timings: pd.DataFrame) -> str:
     for row in timings.itertuples():
         seconds = "running" if pd.isna(row.seconds) else f"{row.seconds:8.1f}"
         lines.append(f"{row.run:<{width}}  {seconds:>8}  {row.status}")
-    lines.append(f"{'sum':<{width}}  {timings['seconds'].sum():8.1f}")
+    total = timings["seconds"].sum()
+    lines.append(f"{'sum':<{width}}  {total:8.1f}")
+    if wall is not None and total > 0:
+        lines.append(
+            f"wall time {wall:.0f} s = {wall / total:.2f}x the stages' own time (the rest: "
+            "Python start-up and imports of each stage process, DVC's hashing between stages)"
+        )
     return "\n".join(lines)
