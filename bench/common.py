@@ -15,6 +15,7 @@ import json
 import multiprocessing
 import os
 import resource
+import statistics
 import sys
 import time
 import traceback
@@ -54,6 +55,44 @@ class Row:
     ) -> Row:
         """A duration row: the ratio is baseline / ours (how many times faster we are)."""
         return cls(measure, ours, baseline, unit, ratio=baseline / ours if ours else None, **extra)
+
+
+def median_of_repeats(repeats: list[list[Row]]) -> list[Row]:
+    """One row per measure out of the same rows measured `len(repeats)` times: the medians of
+    ours and of the baseline, the ratio the median of each repeat's paired ratio (both sides
+    of a repeat ran back to back), its range in the note, and the largest peak RSS."""
+    if len(repeats) == 1:
+        return repeats[0]
+    combined = []
+    for same in zip(*repeats, strict=True):
+        first = same[0]
+
+        def middle(values: list[float | None]) -> float | None:
+            known = [v for v in values if v is not None]
+            return statistics.median(known) if known else None
+
+        ratios = [row.ratio for row in same if row.ratio is not None]
+        spread = (
+            f"ratio {min(ratios):.2f}x-{max(ratios):.2f}x over {len(same)} repeats"
+            if ratios
+            else f"{len(same)} repeats"
+        )
+        combined.append(
+            Row(
+                first.measure,
+                middle([row.ours for row in same]),
+                middle([row.baseline for row in same]),
+                first.unit,
+                ratio=middle(ratios),
+                target=first.target,
+                ours_rss_mb=max((r.ours_rss_mb for r in same if r.ours_rss_mb), default=None),
+                baseline_rss_mb=max(
+                    (r.baseline_rss_mb for r in same if r.baseline_rss_mb), default=None
+                ),
+                note=f"{first.note}; {spread}" if first.note else spread,
+            )
+        )
+    return combined
 
 
 @dataclass

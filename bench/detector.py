@@ -61,7 +61,7 @@ from cxrdet.models.retinanet import (
 from cxrdet.models.two_stage import FpnBody, TwoStageConfig, TwoStageDetector
 from cxrdet.runtime.device import amp_dtype
 
-from common import Measured, Report, Row, arguments, emit, in_child
+from common import Measured, Report, Row, arguments, emit, in_child, median_of_repeats
 
 SCALES, RATIOS = (1.0, 2 ** (1 / 3), 2 ** (2 / 3)), (0.5, 1.0, 2.0)  # 9 anchors, the reference's
 
@@ -436,57 +436,11 @@ MODES = {
 }
 
 
-def main() -> None:
-    parser = arguments(__doc__)
-    parser.add_argument(
-        "--backbone", default=None, help="timm name (default resnet18; quick: regnetx_002)"
-    )
-    parser.add_argument(
-        "--size", type=int, default=None, help="image side (default 256; quick: 128)"
-    )
-    parser.add_argument(
-        "--batch", type=int, default=None, help="images per step (default 8; quick: 4)"
-    )
-    parser.add_argument(
-        "--iterations",
-        type=int,
-        default=None,
-        help="timed steps after one warm-up (default 5; quick: 1)",
-    )
-    parser.add_argument(
-        "--workers", type=int, default=0, help="loader workers (params: train.workers)"
-    )
-    parser.add_argument(
-        "--width", type=int, default=None, help="FPN and head channels (default 256; quick: 64)"
-    )
-    parser.add_argument(
-        "--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when present"
-    )
-    parser.add_argument(
-        "--modes",
-        nargs="+",
-        choices=list(MODES),
-        default=None,
-        help="precision / memory-format rows, ours and stock RetinaNet each (default: all on CUDA, "
-        "fp32 on CPU; asked for on CPU, amp is bf16 autocast)",
-    )
-    args = parser.parse_args()
-    quick = args.quick
-    name = args.backbone or ("regnetx_002" if quick else "resnet18")
-    size = args.size or (128 if quick else 256)
-    batch = args.batch or (4 if quick else 8)
-    iterations = args.iterations or (1 if quick else 5)
-    width = args.width or (64 if quick else 256)
-    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    device = torch.device("cuda" if cuda else "cpu")
-    notes = []
-    modes = args.modes or (list(MODES) if cuda else ["fp32"])
-    if not cuda and args.modes is None:
-        notes.append(
-            "AMP and channels_last rows skipped: no CUDA device (the training loop runs fp32 on "
-            "CPU); --modes amp channels_last forces them on CPU (bf16 autocast, NHWC)"
-        )
-    shape = (name, size, batch, width, iterations, device.type)
+def measure(modes: list[str], shape: tuple, device: torch.device, workers: int) -> list[Row]:
+    """Every row once: each mode's training (spawned processes) and inference, ours and stock;
+    in fp32 also TTA, the loader and the two-stage family. main() repeats this and keeps the
+    medians, since one short timing on a shared CPU swings by several times."""
+    _, size, batch, _, iterations, _ = shape
 
     def train(kind: str, mode: str) -> Measured:
         """A short training of one model in a spawned process: images/s and its peak RSS."""
@@ -537,7 +491,7 @@ def main() -> None:
                     note="baseline: ours without TTA",
                 )
             )
-            loader = loader_rate(size, batch, max(iterations, 4), args.workers)
+            loader = loader_rate(size, batch, max(iterations, 4), workers)
             rows.append(
                 Row(
                     "loader img/s vs training",
@@ -547,7 +501,7 @@ def main() -> None:
                     target=">= 3x",
                     note=(
                         "the training loader alone (PNG reads, augmentation, collation; "
-                        f"{args.workers} workers) vs our training (P2 on): loading must never be "
+                        f"{workers} workers) vs our training (P2 on): loading must never be "
                         "the bottleneck"
                     ),
                 )
@@ -564,6 +518,69 @@ def main() -> None:
                             target=">= 0.7x" if deformable else ">= 0.9x",
                         )
                     )
+    return rows
+
+
+def main() -> None:
+    parser = arguments(__doc__)
+    parser.add_argument(
+        "--backbone", default=None, help="timm name (default resnet18; quick: regnetx_002)"
+    )
+    parser.add_argument(
+        "--size", type=int, default=None, help="image side (default 256; quick: 128)"
+    )
+    parser.add_argument(
+        "--batch", type=int, default=None, help="images per step (default 8; quick: 4)"
+    )
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        default=None,
+        help="timed steps after one warm-up (default 5; quick: 1)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="runs of every measure; rows are their medians (default 3; quick: 1)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=0, help="loader workers (params: train.workers)"
+    )
+    parser.add_argument(
+        "--width", type=int, default=None, help="FPN and head channels (default 256; quick: 64)"
+    )
+    parser.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when present"
+    )
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=list(MODES),
+        default=None,
+        help="precision / memory-format rows, ours and stock RetinaNet each (default: all on CUDA, "
+        "fp32 on CPU; asked for on CPU, amp is bf16 autocast)",
+    )
+    args = parser.parse_args()
+    quick = args.quick
+    name = args.backbone or ("regnetx_002" if quick else "resnet18")
+    size = args.size or (128 if quick else 256)
+    batch = args.batch or (4 if quick else 8)
+    iterations = args.iterations or (1 if quick else 5)
+    width = args.width or (64 if quick else 256)
+    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if cuda else "cpu")
+    notes = []
+    modes = args.modes or (list(MODES) if cuda else ["fp32"])
+    if not cuda and args.modes is None:
+        notes.append(
+            "AMP and channels_last rows skipped: no CUDA device (the training loop runs fp32 on "
+            "CPU); --modes amp channels_last forces them on CPU (bf16 autocast, NHWC)"
+        )
+    shape = (name, size, batch, width, iterations, device.type)
+    repeats_n = args.repeats or (1 if quick else 3)
+    repeats = [measure(modes, shape, device, args.workers) for _ in range(repeats_n)]
+    rows = median_of_repeats(repeats)
     notes.append(
         "baselines: torchvision RetinaNet (P3-P7, same backbone, size, batch) for train/infer; "
         "torchvision Faster R-CNN (same body, anchors, proposals, head) for 2-stage; training rows "
@@ -575,7 +592,7 @@ def main() -> None:
             "detector",
             f"{name}, {size} px, batch {batch}, FPN/head width {width}, {device.type}{gpu}, "
             f"{torch.get_num_threads()} CPU threads, loader workers {args.workers}, "
-            f"modes {' '.join(modes)}",
+            f"modes {' '.join(modes)}, median of {repeats_n} repeat(s)",
             rows,
             notes,
         ),

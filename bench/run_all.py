@@ -83,7 +83,7 @@ def main() -> int:
         "--only", nargs="+", metavar="NAME", help="only these scripts (bench/NAME.py)"
     )
     parser.add_argument(
-        "--timeout", type=float, default=1800, help="seconds per script (default 1800)"
+        "--timeout", type=float, default=3600, help="seconds per script (default 3600)"
     )
     parser.add_argument(
         "--json", type=Path, metavar="OUT", help="also write every report as one JSON file"

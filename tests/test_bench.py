@@ -47,6 +47,23 @@ def test_table_shows_ours_baseline_ratio_target_and_rss():
     assert common.Report.from_json(json.loads(json.dumps(report.to_json()))).rows == rows
 
 
+def test_repeated_rows_become_medians_with_the_ratio_range():
+    def run(ours: float, base: float, rss: float) -> list:
+        return [
+            common.Row("train img/s", ours, base, "img/s", target=">= 1.0x", ours_rss_mb=rss),
+            common.Row.speedup("score", ours, base, note="same score"),
+        ]
+
+    rows = common.median_of_repeats([run(10, 5, 100), run(2, 4, 300), run(6, 6, 200)])
+    train, score = rows
+    assert (train.ours, train.baseline, train.ratio) == (6, 5, 1.0)  # ratios 2.0, 0.5, 1.0
+    assert train.ours_rss_mb == 300 and train.target == ">= 1.0x"
+    assert train.note == "ratio 0.50x-2.00x over 3 repeats"
+    assert score.ratio == 1.0 and score.note == "same score; ratio 0.50x-2.00x over 3 repeats"
+    single = run(1, 2, 3)
+    assert common.median_of_repeats([single]) == single
+
+
 def _allocate(megabytes: int) -> int:
     block = b"\x01" * (megabytes * 1024 * 1024)  # written: resident
     return len(block)
