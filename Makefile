@@ -63,8 +63,9 @@ ui: setup
 
 # Every bench/*.py in its own process, one table (ours, baseline, ratio, target, peak RSS).
 # `make bench QUICK=1`: each script's --quick mode (seconds, smoke figures).
+# `make bench SAVE=bench/results`: also keep each report there (the README's bench blocks).
 bench: setup
-	$(RUN) python bench/run_all.py $(if $(QUICK),--quick)
+	$(RUN) python bench/run_all.py $(if $(QUICK),--quick) $(if $(SAVE),--save $(SAVE))
 
 clean-venv:
 	rm -rf $(VENV)

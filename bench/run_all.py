@@ -1,6 +1,6 @@
 """Run every bench script, each in its own process, and print one table.
 
-    python bench/run_all.py [--quick] [--only prepare metrics ...] [--json OUT]
+    python bench/run_all.py [--quick] [--only prepare metrics ...] [--json OUT] [--save DIR]
 
 A bench script is any bench/*.py with a `__main__` block (so not this file, nor
 bench/common.py, nor the README renderer bench/readme.py). Scripts that accept `--json OUT`
@@ -88,6 +88,13 @@ def main() -> int:
     parser.add_argument(
         "--json", type=Path, metavar="OUT", help="also write every report as one JSON file"
     )
+    parser.add_argument(
+        "--save",
+        type=Path,
+        metavar="DIR",
+        help="also write each script's report as DIR/<script>.json (bench/results: what the "
+        "README's bench blocks render, `python bench/readme.py`)",
+    )
     args = parser.parse_args()
     chosen = scripts()
     if args.only:
@@ -110,6 +117,11 @@ def main() -> int:
         print(f"  done in {seconds:.0f} s", file=sys.stderr, flush=True)
         if report is not None:
             reports.append(report)
+            if args.save is not None:
+                args.save.mkdir(parents=True, exist_ok=True)
+                (args.save / f"{script.stem}.json").write_text(
+                    json.dumps(report.to_json(), indent=2) + "\n"
+                )
         elif output.startswith(("failed", "timed out")):
             failed.append(f"{script.stem}: {output}")
         else:

@@ -147,6 +147,8 @@ def test_run_all_prints_one_table(project_root, tmp_path):
             "metrics",
             "--json",
             str(out),
+            "--save",
+            str(tmp_path / "saved"),
         ],
         capture_output=True,
         text=True,
@@ -158,4 +160,6 @@ def test_run_all_prints_one_table(project_root, tmp_path):
         line for line in completed.stdout.splitlines() if line.split()[:2] == ["bench", "measure"]
     )
     assert all(word in header for word in ("measure", "ours", "baseline", "ratio", "target", "RSS"))
-    assert [report["bench"] for report in json.loads(out.read_text())["reports"]] == ["metrics"]
+    reports = json.loads(out.read_text())["reports"]
+    assert [report["bench"] for report in reports] == ["metrics"]
+    assert json.loads((tmp_path / "saved" / "metrics.json").read_text()) == reports[0]
