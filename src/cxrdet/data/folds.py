@@ -10,7 +10,6 @@ import warnings
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
 
 HOLDOUT = -1  # the `fold` value of holdout images
 
@@ -44,6 +43,10 @@ def _one_split(
     labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int
 ) -> list[np.ndarray]:
     """Test indices of each of the n_splits folds."""
+    # Imported here: only `split` splits; every other stage reads folds and would pay ~0.5 s
+    # of sklearn (and scipy) start-up for nothing.
+    from sklearn.model_selection import StratifiedGroupKFold
+
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         # sklearn warns when a stratum has fewer members than folds; strata() already

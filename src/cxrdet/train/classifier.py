@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import GroupShuffleSplit
 
 from cxrdet.config import ClassifierParams, ClassifierVariant, PretrainParams
 from cxrdet.data.augment import classifier_augmentation
@@ -67,6 +66,10 @@ def patient_split(
     images: pd.DataFrame, val_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Row positions (train, validation), no patient on both sides."""
+    # Imported here: only pretraining splits; the fold stages that import this module would
+    # pay ~0.5 s of sklearn (and scipy) start-up for nothing.
+    from sklearn.model_selection import GroupShuffleSplit
+
     splitter = GroupShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed)
     train, val = next(splitter.split(images, groups=images["patient_id"].astype(str)))
     return np.sort(train), np.sort(val)
