@@ -57,6 +57,11 @@ class Row:
         return cls(measure, ours, baseline, unit, ratio=baseline / ours if ours else None, **extra)
 
 
+def _median(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
 def median_of_repeats(repeats: list[list[Row]]) -> list[Row]:
     """One row per measure out of the same rows measured `len(repeats)` times: the medians of
     ours and of the baseline, the ratio the median of each repeat's paired ratio (both sides
@@ -66,11 +71,6 @@ def median_of_repeats(repeats: list[list[Row]]) -> list[Row]:
     combined = []
     for same in zip(*repeats, strict=True):
         first = same[0]
-
-        def middle(values: list[float | None]) -> float | None:
-            known = [v for v in values if v is not None]
-            return statistics.median(known) if known else None
-
         ratios = [row.ratio for row in same if row.ratio is not None]
         spread = (
             f"ratio {min(ratios):.2f}x-{max(ratios):.2f}x over {len(same)} repeats"
@@ -80,10 +80,10 @@ def median_of_repeats(repeats: list[list[Row]]) -> list[Row]:
         combined.append(
             Row(
                 first.measure,
-                middle([row.ours for row in same]),
-                middle([row.baseline for row in same]),
+                _median([row.ours for row in same]),
+                _median([row.baseline for row in same]),
                 first.unit,
-                ratio=middle(ratios),
+                ratio=_median(ratios),
                 target=first.target,
                 ours_rss_mb=max((r.ours_rss_mb for r in same if r.ours_rss_mb), default=None),
                 baseline_rss_mb=max(

@@ -72,7 +72,7 @@ def run(root: Path, fold: int) -> None:
     results = root / DETECTOR_FOLDS / f"fold{fold}"
     runtime = start_runtime(params.train)
     main_process = runtime.context.is_main
-    tags = detect_tags(prepared, str(fold), **{"cxrdet.model": detector.name})
+    tags = detect_tags(prepared, str(fold), detector.name)
     run = main_stage_run(
         main_process,
         "train_detector",

@@ -88,7 +88,7 @@ def run(root: Path) -> None:
     ids = {"train": training_ids(split, None), "holdout": fold_ids(split, HOLDOUT)}
     runtime = start_runtime(params.train)
     main_process = runtime.context.is_main
-    tags = detect_tags(prepared, "final", **{"cxrdet.model": detector.name})
+    tags = detect_tags(prepared, "final", detector.name)
     run = main_stage_run(
         main_process,
         STAGE,

@@ -22,13 +22,14 @@ from cxrdet.tracking.runs import log_numeric, nested_run_name, stage_run
 StepLogger = Callable[[Mapping[str, float], int], None]
 
 
-def detect_tags(prepared: Prepared, fold: str, **extra: str) -> dict[str, str]:
-    """The tags every run of a training stage carries: the dataset, its hash and the fold."""
+def detect_tags(prepared: Prepared, fold: str, model: str | None = None) -> dict[str, str]:
+    """The tags every run of a training stage carries: the dataset, its hash, the fold and,
+    for the detector stages, the model."""
     return {
         "cxrdet.dataset": "detect",
         "cxrdet.data_hash": prepared.info["data_hash"],
         "cxrdet.fold": fold,
-        **extra,
+        **({"cxrdet.model": model} if model else {}),
     }
 
 
